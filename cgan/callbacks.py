@@ -1,0 +1,92 @@
+"""Training callbacks: sample grids, and a checkpoint when a run is interrupted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torchvision.utils import make_grid, save_image
+
+
+class SampleGrid(pl.Callback):
+    """Draws the module's fixed samples every epoch: a grid with one row per digit.
+
+    The grid goes to ``<run dir>/samples/NNN.png`` (NNN = epoch, as the seed's ``samples/``)
+    and to TensorBoard as image ``samples`` with step = epoch. The noise and labels are a
+    buffer of the module, so grids compare across epochs and across a resume. Rank 0 only.
+
+    Args:
+        every_n_epochs: draw every n-th epoch (and always on the last one).
+    """
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        self.every_n_epochs = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = epoch + 1 == trainer.max_epochs
+        if not trainer.is_global_zero or ((epoch + 1) % self.every_n_epochs and not last):
+            return
+        images = pl_module.sample(pl_module.sample_noise, pl_module.sample_labels)
+        grid = make_grid(images.float().cpu(), nrow=10, normalize=True, value_range=(-1, 1))
+        path = Path(trainer.log_dir or ".") / "samples" / f"{epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, global_step=epoch)
+
+
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of each training epoch (start to start, the last one to the end of
+    training, so checkpointing and sample grids count), logged as ``time/epoch_seconds``."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: float | None = None
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        if self._start is not None:
+            self.times.append(time.perf_counter() - self._start)
+            for logger in trainer.loggers:
+                logger.log_metrics({"time/epoch_seconds": self.times[-1]}, step=trainer.current_epoch - 1)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop(trainer)
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop(trainer)
+        self._start = None
+
+
+class InterruptCheckpoint(pl.Callback):
+    """On Ctrl-C or SIGTERM, saves ``last.ckpt`` (mid-epoch too) so ``--ckpt_path last`` resumes.
+
+    Lightning itself only reacts to SIGTERM at the end of an epoch in a single process; this
+    stops after the current batch. Other exceptions (a diverged run, bad input) save nothing,
+    so the last good checkpoint is never replaced by a broken one.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.received_sigterm and trainer.world_size == 1:
+            raise SIGTERMException()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        dirpath = (
+            ckpt_cb.dirpath if ckpt_cb is not None and ckpt_cb.dirpath else Path(trainer.log_dir or ".") / "checkpoints"
+        )
+        path = Path(dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        rank_zero_info(
+            f"Interrupted in epoch {trainer.current_epoch} after {batches} batches: saved {path}. "
+            f"Resume with --ckpt_path last."
+        )

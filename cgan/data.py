@@ -1,0 +1,226 @@
+"""MNIST-format digit datasets as a LightningDataModule."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity
+
+from cgan.errors import ConfigError, DataError
+
+DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
+
+
+def scale(images: Tensor) -> Tensor:
+    """uint8 images (B, 28, 28) -> float (B, 1, 28, 28) in [-1, 1].
+
+    The same operations as the seed's ``ToTensor()`` + ``Normalize(0.5, 0.5)``, so both data
+    paths give bit-identical batches.
+    """
+    return images.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)
+
+
+def _dataset_class(dataset: str) -> type[datasets.MNIST]:
+    return getattr(datasets, dataset)
+
+
+def _missing_message(data_dir: str, dataset: str, reason: str) -> str:
+    cls = _dataset_class(dataset)
+    raw = Path(data_dir) / dataset / "raw"
+    names = "\n".join(f"  {name}" for name, _ in cls.resources)
+    bad = [name for name, md5 in cls.resources if (raw / name).exists() and not check_integrity(str(raw / name), md5)]
+    if bad:
+        return (
+            f"{dataset} files in {raw} are corrupt or truncated (checksum mismatch: {', '.join(bad)}) "
+            f"and fresh copies could not be downloaded ({reason}).\n"
+            f"Delete them and copy the official files there again."
+        )
+    return (
+        f"{dataset} was not found in {raw} and could not be downloaded ({reason}).\n"
+        f"Put the four official files there (the .gz files, or the extracted ones):\n{names}\n"
+        f"or pass --data.data_dir pointing at a folder that holds {dataset}/raw/."
+    )
+
+
+def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
+    """Fetch both splits with torchvision (a no-op when the files are already under ``<data_dir>/<dataset>/raw``)."""
+    cls = _dataset_class(dataset)
+    for train in (True, False):
+        try:
+            cls(data_dir, train=train, download=True)
+        except (RuntimeError, OSError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise DataError(_missing_message(data_dir, dataset, lines[-1] if lines else type(err).__name__)) from err
+
+
+def open_split(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True, transform=None) -> datasets.MNIST:
+    """The torchvision dataset of one split, with a clear error when its files are missing or unreadable."""
+    cls = _dataset_class(dataset)
+    raw = Path(data_dir) / dataset / "raw"
+    try:
+        ds = cls(data_dir, train=train, transform=transform, download=False)
+    except RuntimeError as err:
+        if "Dataset not found" in str(err):
+            raise DataError(_missing_message(data_dir, dataset, "download is off")) from err
+        raise DataError(_unreadable_message(raw, err)) from err
+    except Exception as err:  # torchvision's IDX reader fails in several ways on a truncated file
+        raise DataError(_unreadable_message(raw, err)) from err
+    images, labels = ds.data, ds.targets
+    if images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) == 0:
+        shapes = f"{len(images)} images of {tuple(images.shape[1:])}, {len(labels)} labels"
+        raise DataError(_unreadable_message(raw, ValueError(shapes)))
+    if labels.min() < 0 or labels.max() > 9:
+        raise DataError(_unreadable_message(raw, ValueError("labels outside 0-9")))
+    return ds
+
+
+def load_split(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True) -> tuple[Tensor, Tensor]:
+    """One split as tensors: uint8 images (N, 28, 28) and int64 labels (N,)."""
+    ds = open_split(data_dir, dataset, train)
+    return ds.data, ds.targets.long()
+
+
+def _unreadable_message(raw: Path, err: Exception) -> str:
+    return (
+        f"Could not read the dataset files in {raw}: {err}.\n"
+        f"A file is probably truncated or corrupt: delete the extracted files (*-ubyte) there and run again "
+        f"(they are re-extracted from the .gz files, or downloaded)."
+    )
+
+
+class InMemoryLoader:
+    """Batches of a whole split held as one uint8 tensor on the training device.
+
+    Yields ``(images (B, 1, 28, 28) float in [-1, 1], labels (B,) int64)``. The order is a
+    permutation drawn from ``(seed, epoch)`` and sharded across ranks exactly like
+    ``DistributedSampler`` (whose logic it reuses), so shuffling is reproducible across resume
+    and DDP. It implements Lightning's stateful-loader protocol so a run resumed mid-epoch
+    continues with the batches it had not trained yet.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        batches_done: Callable[[], int] | None = None,
+    ) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = DistributedSampler(
+            range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+        # Lightning fetches one batch ahead, so the count of trained batches comes from the trainer.
+        self._batches_done = batches_done
+        self._resume: dict | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the permutation is drawn at the first batch, after Lightning's set_epoch.
+        skip = 0
+        if self._resume is not None:
+            if self._resume["epoch"] == self.sampler.epoch and self._resume["batches_done"] < len(self):
+                skip = self._resume["batches_done"]
+            self._resume = None
+        order = torch.tensor(list(self.sampler), device=self.images.device)
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield scale(self.images.index_select(0, idx)), self.labels.index_select(0, idx)
+
+    def state_dict(self) -> dict:
+        done = self._batches_done() if self._batches_done is not None else 0
+        return {"epoch": self.sampler.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST (or FashionMNIST / KMNIST): train = the 60k split, validation = the 10k test split.
+
+    Images are scaled to [-1, 1], labels are class indices. With ``in_memory`` (the default) the
+    split lives as one uint8 tensor on the training device and batches are cut from it; without
+    it, the seed's path runs: torchvision transforms per image in a ``DataLoader``.
+
+    Args:
+        data_dir: folder holding ``<dataset>/raw/`` (downloaded there when missing).
+        batch_size: images per batch and per process (under DDP the global batch is
+            ``batch_size * world_size``).
+        num_workers: DataLoader workers for the non-in-memory path.
+        in_memory: keep the split on the training device (fast); False uses a DataLoader.
+        dataset: which torchvision MNIST-format dataset.
+        download: try to download missing files (torchvision; offline it uses what is there).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        num_workers: int = 0,
+        in_memory: bool = True,
+        dataset: DatasetName = "MNIST",
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}.")
+        if dataset not in ("MNIST", "FashionMNIST", "KMNIST"):
+            raise ConfigError(f"data.dataset must be one of MNIST, FashionMNIST, KMNIST, got {dataset!r}.")
+        self.save_hyperparameters()
+        self.train_data: tuple[Tensor, Tensor] | None = None
+        self.val_data: tuple[Tensor, Tensor] | None = None
+        self.train_set: datasets.MNIST | None = None
+
+    def prepare_data(self) -> None:
+        if self.hparams.download:
+            download(self.hparams.data_dir, self.hparams.dataset)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.val_data is None:
+            self.val_data = load_split(hp.data_dir, hp.dataset, train=False)
+        if hp.in_memory and self.train_data is None:
+            images, labels = load_split(hp.data_dir, hp.dataset, train=True)
+            self.train_data = (images.to(device), labels.to(device))
+        if not hp.in_memory and self.train_set is None:
+            tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=(0.5,), std=(0.5,))])
+            self.train_set = open_split(hp.data_dir, hp.dataset, train=True, transform=tf)
+
+    def train_dataloader(self):
+        hp = self.hparams
+        if not hp.in_memory:
+            return DataLoader(
+                self.train_set,
+                batch_size=hp.batch_size,
+                shuffle=True,
+                num_workers=hp.num_workers,
+                persistent_workers=hp.num_workers > 0,
+            )
+        trainer = self.trainer
+        progress = trainer.fit_loop.epoch_loop.batch_progress if trainer is not None else None
+        return InMemoryLoader(
+            *self.train_data,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            batches_done=(lambda: progress.current.completed) if progress is not None else None,
+        )

@@ -1,0 +1,144 @@
+"""Generators and discriminators: plain ``nn.Module``s, no Lightning.
+
+Every generator maps ``(z (B, noise_dim), y (B,) int64)`` to images ``(B, 1, 28, 28)`` in
+[-1, 1] and exposes ``noise_dim`` and ``num_classes``. Every discriminator maps
+``(x (B, 1, 28, 28), y (B,))`` to logits ``(B,)``; the sigmoid lives in the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from cgan.errors import ConfigError
+
+IMAGE_SIZE = 28 * 28
+
+
+class Generator(nn.Module):
+    """The seed's generator: an MLP on noise concatenated with the one-hot label.
+
+    ``Linear(noise_dim + num_classes, hidden_dim) - LeakyReLU(0.2) - Linear(hidden_dim, 784) - Tanh``
+    """
+
+    def __init__(self, noise_dim: int = 128, hidden_dim: int = 512, num_classes: int = 10) -> None:
+        super().__init__()
+        if noise_dim <= 0 or hidden_dim <= 0:
+            raise ConfigError(
+                f"Generator: noise_dim and hidden_dim must be positive, got {noise_dim} and {hidden_dim}."
+            )
+        self.noise_dim, self.num_classes = noise_dim, num_classes
+        self.model = nn.Sequential(
+            nn.Linear(noise_dim + num_classes, hidden_dim),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(hidden_dim, IMAGE_SIZE),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        h = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return self.model(h).view(-1, 1, 28, 28)
+
+
+class Discriminator(nn.Module):
+    """The seed's discriminator: an MLP on the flattened image concatenated with the one-hot label.
+
+    ``Linear(784 + num_classes, hidden_dim) - LeakyReLU(0.2) - Dropout(dropout) - Linear(hidden_dim, 1)``
+    """
+
+    def __init__(self, hidden_dim: int = 512, dropout: float = 0.3, num_classes: int = 10) -> None:
+        super().__init__()
+        if hidden_dim <= 0 or not 0 <= dropout < 1:
+            raise ConfigError(
+                f"Discriminator: hidden_dim must be positive and dropout in [0, 1), got {hidden_dim} and {dropout}."
+            )
+        self.num_classes = num_classes
+        self.model = nn.Sequential(
+            nn.Linear(IMAGE_SIZE + num_classes, hidden_dim),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, 1),
+        )
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        h = torch.cat([x.flatten(1), F.one_hot(y, self.num_classes).to(x.dtype)], dim=1)
+        return self.model(h).squeeze(1)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm whose scale and shift are looked up per class: ``(B, C, H, W), (B,) -> (B, C, H, W)``."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class ConvGenerator(nn.Module):
+    """A DCGAN-style conditional generator.
+
+    The label enters twice: a learned embedding concatenated to ``z``, and class-conditional
+    batch norm after the projection and each upsampling. Shapes: ``z -> (2C, 7, 7) -> (C, 14, 14)
+    -> (C/2, 28, 28) -> (1, 28, 28)`` with transposed convolutions.
+    """
+
+    def __init__(self, noise_dim: int = 128, channels: int = 64, embed_dim: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+        if noise_dim <= 0 or channels < 2:
+            raise ConfigError(
+                f"ConvGenerator: noise_dim must be positive and channels >= 2, got {noise_dim}, {channels}."
+            )
+        self.noise_dim, self.num_classes, self.channels = noise_dim, num_classes, channels
+        c = channels
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.project = nn.Linear(noise_dim + embed_dim, 2 * c * 7 * 7)
+        self.bn0 = ConditionalBatchNorm2d(2 * c, num_classes)
+        self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
+        self.bn1 = ConditionalBatchNorm2d(c, num_classes)
+        self.up2 = nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1)
+        self.bn2 = ConditionalBatchNorm2d(c // 2, num_classes)
+        self.out = nn.Conv2d(c // 2, 1, 3, padding=1)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        h = self.project(torch.cat([z, self.embed(y)], dim=1)).view(-1, 2 * self.channels, 7, 7)
+        h = F.relu(self.bn0(h, y))
+        h = F.relu(self.bn1(self.up1(h), y))
+        h = F.relu(self.bn2(self.up2(h), y))
+        return torch.tanh(self.out(h))
+
+
+class ConvDiscriminator(nn.Module):
+    """A projection discriminator (Miyato & Koyama, 2018) with spectral normalization.
+
+    ``logit = w . h(x) + embed(y) . h(x)`` where ``h(x)`` is a conv feature vector summed over
+    space: ``(1, 28, 28) -> (C, 14, 14) -> (2C, 7, 7) -> (4C, 7, 7) -> (4C,)``.
+    """
+
+    def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+        if channels <= 0:
+            raise ConfigError(f"ConvDiscriminator: channels must be positive, got {channels}.")
+        self.num_classes = num_classes
+        c = channels
+        self.features = nn.Sequential(
+            spectral_norm(nn.Conv2d(1, c, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.1, inplace=True),
+            spectral_norm(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.1, inplace=True),
+            spectral_norm(nn.Conv2d(2 * c, 4 * c, 3, padding=1)),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+        self.linear = spectral_norm(nn.Linear(4 * c, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, 4 * c))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        h = self.features(x).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)

@@ -1,0 +1,141 @@
+import gzip
+import hashlib
+
+import pytest
+import torch
+from conftest import RAW_NAMES, make_mnist
+from torchvision import datasets
+
+from cgan.data import InMemoryLoader, MNISTDataModule, download, load_split
+from cgan.errors import ConfigError, DataError
+
+
+def setup_dm(data_dir, **kwargs) -> MNISTDataModule:
+    dm = MNISTDataModule(data_dir=str(data_dir), **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_have_the_documented_shapes_range_and_dtypes(tiny_mnist):
+    dm = setup_dm(tiny_mnist, batch_size=32)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    x, y = batches[0]
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (32,) and y.dtype == torch.int64
+    assert x.min() == -1.0 and x.max() == 1.0  # the fixture has pixels at 0 and 255
+    assert len(loader) == len(batches) == 7  # ceil(200 / 32), the last batch partial as in the seed
+    assert sum(len(b[1]) for b in batches) == 200
+    assert len(dm.train_data[0]) == 200 and len(dm.val_data[0]) == 50
+
+
+def test_in_memory_and_dataloader_paths_give_identical_images(tiny_mnist):
+    fast = setup_dm(tiny_mnist)
+    slow = setup_dm(tiny_mnist, in_memory=False)
+    images, labels = fast.train_data
+    for i in (0, 7, 199):
+        x, y = slow.train_set[i]
+        assert torch.equal(torch.as_tensor(y), labels[i])
+        from cgan.data import scale
+
+        assert torch.equal(scale(images[i : i + 1])[0], x)
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    images = torch.arange(100, dtype=torch.uint8).repeat_interleave(784).view(100, 28, 28)
+    labels = torch.arange(100) % 10
+
+    def order(seed, epoch):
+        loader = InMemoryLoader(images, labels, batch_size=10, seed=seed)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]), torch.cat([x[:, 0, 0, 0] for x, _ in loader])
+
+    assert torch.equal(order(0, 3)[1], order(0, 3)[1])
+    assert not torch.equal(order(0, 3)[1], order(0, 4)[1])
+    assert not torch.equal(order(1, 3)[1], order(0, 3)[1])
+    assert sorted(order(0, 3)[1].tolist()) == sorted(((torch.arange(100).float() / 255 - 0.5) / 0.5).tolist())
+
+
+def test_ranks_take_disjoint_shards_that_cover_the_split():
+    images = torch.arange(100, dtype=torch.uint8).repeat_interleave(784).view(100, 28, 28)
+    labels = torch.zeros(100, dtype=torch.int64)
+    seen = []
+    for rank in (0, 1):
+        loader = InMemoryLoader(images, labels, batch_size=10, rank=rank, world_size=2)
+        assert len(loader) == 5
+        seen.append({int(v) for x, _ in loader for v in ((x[:, 0, 0, 0] * 0.5 + 0.5) * 255).round()})
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(100))
+
+
+def test_loader_resumed_mid_epoch_yields_only_the_batches_not_trained():
+    images = torch.arange(100, dtype=torch.uint8).repeat_interleave(784).view(100, 28, 28)
+    labels = torch.zeros(100, dtype=torch.int64)
+    full = InMemoryLoader(images, labels, batch_size=10, seed=5)
+    full.sampler.set_epoch(2)
+    everything = [x for x, _ in full]
+    resumed = InMemoryLoader(images, labels, batch_size=10, seed=5)
+    resumed.load_state_dict({"epoch": 2, "batches_done": 4})
+    resumed.sampler.set_epoch(2)
+    rest = [x for x, _ in resumed]
+    assert len(rest) == 6
+    assert all(torch.equal(a, b) for a, b in zip(rest, everything[4:]))
+    assert len(list(resumed)) == 10  # the next epoch is whole again
+
+
+@pytest.fixture
+def gz_mnist(tmp_path, monkeypatch):
+    """The fixture as .gz files only, with their md5s made the official ones (torchvision checks them)."""
+    root = make_mnist(tmp_path / "gz", compress=True)
+    raw = root / "MNIST" / "raw"
+    resources = [(name, hashlib.md5((raw / name).read_bytes()).hexdigest()) for name, _ in datasets.MNIST.resources]
+    monkeypatch.setattr(datasets.MNIST, "resources", resources)
+    return root
+
+
+def test_gz_files_are_extracted_offline(gz_mnist, offline):
+    root = gz_mnist
+    download(str(root))
+    images, labels = load_split(str(root), train=False)
+    assert images.shape == (50, 28, 28) and labels.shape == (50,)
+
+
+def test_missing_data_offline_names_the_folder_and_the_files(tmp_path, offline):
+    with pytest.raises(DataError) as err:
+        download(str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert f"MNIST was not found in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in message
+    for name in RAW_NAMES.values():
+        assert name + ".gz" in message
+    assert "--data.data_dir" in message
+
+
+def test_corrupt_gz_is_reported_as_corrupt(gz_mnist, offline):
+    root = gz_mnist
+    gz = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(b"not mnist")
+    with pytest.raises(DataError, match=r"corrupt or truncated \(checksum mismatch: t10k-labels-idx1-ubyte.gz\)"):
+        download(str(root))
+
+
+def test_truncated_extracted_file_is_reported(tiny_mnist):
+    path = tiny_mnist / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match="A file is probably truncated or corrupt: delete the extracted files"):
+        load_split(str(tiny_mnist))
+
+
+@pytest.mark.parametrize("kwargs, text", [({"batch_size": 0}, "data.batch_size must be a positive integer, got 0")])
+def test_bad_values_are_rejected(kwargs, text):
+    with pytest.raises(ConfigError, match=text):
+        MNISTDataModule(**kwargs)
+
+
+@pytest.mark.slow
+def test_real_mnist_splits(real_mnist):
+    dm = setup_dm(real_mnist)
+    assert dm.train_data[0].shape == (60000, 28, 28)
+    assert dm.val_data[0].shape == (10000, 28, 28)
+    assert torch.bincount(dm.train_data[1]).tolist()[:2] == [5923, 6742]

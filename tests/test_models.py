@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from cgan.errors import ConfigError
+from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_seed_networks_have_the_seed_layers_and_parameter_counts():
+    g, d = Generator(), Discriminator()
+    # (128+10)*512+512 + 512*784+784 and (784+10)*512+512 + 512+1
+    assert n_params(g) == 473_360
+    assert n_params(d) == 407_553
+    assert [type(m).__name__ for m in g.model] == ["Linear", "LeakyReLU", "Linear", "Tanh"]
+    assert [type(m).__name__ for m in d.model] == ["Linear", "LeakyReLU", "Dropout", "Linear"]
+    assert d.model[2].p == 0.3 and g.model[1].negative_slope == 0.2
+
+
+@pytest.mark.parametrize("g_cls, d_cls", [(Generator, Discriminator), (ConvGenerator, ConvDiscriminator)])
+def test_shapes_range_and_label_conditioning(g_cls, d_cls):
+    torch.manual_seed(0)
+    g, d = g_cls(), d_cls()
+    z = torch.randn(8, g.noise_dim)
+    y = torch.arange(8) % 10
+    images = g(z, y)
+    assert images.shape == (8, 1, 28, 28)
+    assert images.min() >= -1 and images.max() <= 1
+    assert d(images, y).shape == (8,)
+    g.eval()
+    assert not torch.allclose(g(z, y), g(z, (y + 1) % 10))
+    d.eval()
+    assert not torch.allclose(d(images, y), d(images, (y + 1) % 10))
+
+
+def test_conv_discriminator_is_spectrally_normalized():
+    d = ConvDiscriminator()
+    normalized = [name for name, _ in d.named_modules() if name.endswith("parametrizations.weight")]
+    assert len(normalized) == 5  # three convs, the linear head and the projection embedding
+
+
+@pytest.mark.parametrize(
+    "build, text",
+    [
+        (lambda: Generator(noise_dim=0), "Generator: noise_dim and hidden_dim must be positive, got 0 and 512."),
+        (lambda: Discriminator(dropout=1.5), r"dropout in \[0, 1\), got 512 and 1.5"),
+    ],
+)
+def test_bad_sizes_are_rejected(build, text):
+    with pytest.raises(ConfigError, match=text):
+        build()

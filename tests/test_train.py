@@ -1,0 +1,102 @@
+"""End-to-end runs of the training CLI, in-process, on the tiny fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import recorder
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cgan.cli import main, run
+
+FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
+BATCHES = 10  # 200 fixture images / 20
+
+
+def train(data_dir: Path, *extra: str):
+    args = [f"--data.data_dir={data_dir}", *FAST, "--trainer.callbacks+=helpers.Recorder", *extra]
+    return run(args)
+
+
+def adam_steps(optimizer) -> set[int]:
+    return {int(state["step"]) for state in optimizer.state.values()}
+
+
+def test_one_epoch_trains_both_networks_and_writes_every_artifact(tiny_mnist, in_tmp):
+    trainer = train(tiny_mnist, "--max_epochs=1")
+    module, rec = trainer.lightning_module, recorder(trainer)
+    opt_g, opt_d = trainer.optimizers
+    assert adam_steps(opt_g) == adam_steps(opt_d) == {BATCHES}
+    assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in module.generator.parameters()}
+    final = module.state_dict()
+    for name in ("generator.model.0.weight", "generator.model.2.bias", "discriminator.model.0.weight"):
+        assert not torch.equal(rec.initial[name], final[name]), name
+    assert torch.equal(rec.initial["sample_noise"], final["sample_noise"])
+
+    run_dir = in_tmp / "lightning_logs" / "version_0"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not list(run_dir.rglob("*.tmp"))
+    grid = Image.open(run_dir / "samples" / "000.png")
+    assert grid.size == (10 * 28 + 11 * 2, 10 * 28 + 11 * 2)  # 10x10 digits, 2-pixel gaps
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert "samples" in events.Tags()["images"]
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"} <= scalars
+    d_real = events.Scalars("train/d_real")[0]
+    assert 0.0 <= d_real.value <= 1.0
+    assert d_real.step == BATCHES - 1  # the x-axis counts batches, not optimizer steps
+
+
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(tiny_mnist, in_tmp):
+    train(tiny_mnist, "--max_epochs=1")
+    ckpt = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    trainer = train(tiny_mnist, "--ckpt_path=last", "--max_epochs=2")
+    rec = recorder(trainer)
+    assert rec.epochs == [1]
+    assert {e for e, _ in rec.batches} == {1} and len(rec.batches) == BATCHES
+    for name, value in ckpt["state_dict"].items():  # training started from the checkpoint's weights
+        assert torch.equal(rec.initial[name], value), name
+    assert adam_steps(trainer.optimizers[0]) == adam_steps(trainer.optimizers[1]) == {2 * BATCHES}
+    assert trainer.global_step == 2 * 2 * BATCHES  # Lightning counts both optimizers' steps
+    run_dir = in_tmp / "lightning_logs" / "version_0"
+    assert (run_dir / "samples" / "001.png").is_file()
+    assert not (in_tmp / "lightning_logs" / "version_1").exists()  # the resumed run logs where it left off
+
+
+def test_print_config_shows_the_seed_values(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--print_config"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for line in ("max_epochs: 200", "noise_dim: 128", "hidden_dim: 512", "dropout: 0.3", "batch_size: 100"):
+        assert line in out, line
+    assert out.count("lr: 0.001") == 2
+    assert "loss: bce" in out
+
+
+def test_max_epochs_alias_sets_trainer_max_epochs(capsys):
+    with pytest.raises(SystemExit):
+        main(["--max_epochs", "3", "--print_config"])
+    assert "max_epochs: 3\n" in capsys.readouterr().out
+
+
+def test_missing_data_offline_exits_non_zero_with_the_message(tmp_path, in_tmp, offline, capsys):
+    code = main([f"--data.data_dir={tmp_path / 'empty'}", "--max_epochs=1", *FAST])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: MNIST was not found in {tmp_path / 'empty' / 'MNIST' / 'raw'}" in err
+    assert "train-images-idx3-ubyte.gz" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_real_mnist_trains_a_few_batches(real_mnist, in_tmp):
+    trainer = train(real_mnist, "--max_epochs=1", "--trainer.limit_train_batches=30")
+    assert adam_steps(trainer.optimizers[0]) == {30}
+    assert len(trainer.datamodule.train_data[0]) == 60000
+    assert (in_tmp / "lightning_logs/version_0/samples/000.png").is_file()
