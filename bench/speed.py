@@ -89,7 +89,8 @@ def bare_loop(data_dir: str, epochs: int) -> list[float]:
     from cgan.losses import bce_d_loss, bce_g_loss
     from cgan.models import Discriminator, Generator
 
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # as cgan.cli does
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # set by importing Lightning; see cgan.cli
     images, labels = load_split(data_dir)
     G, D = Generator(), Discriminator()
     opt_g = torch.optim.Adam(G.parameters(), lr=0.001, fused=True)

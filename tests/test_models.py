@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cgan.errors import ConfigError
-from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
+from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Dropout, Generator
 
 
 def n_params(module) -> int:
@@ -17,6 +17,18 @@ def test_seed_networks_have_the_seed_layers_and_parameter_counts():
     assert [type(m).__name__ for m in g.model] == ["Linear", "LeakyReLU", "Linear", "Tanh"]
     assert [type(m).__name__ for m in d.model] == ["Linear", "LeakyReLU", "Dropout", "Linear"]
     assert d.model[2].p == 0.3 and g.model[1].negative_slope == 0.2
+
+
+def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    out = drop(torch.ones(1000, 1000))
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    drop.eval()
+    x = torch.randn(4, 4)
+    assert torch.equal(drop(x), x)
 
 
 @pytest.mark.parametrize("g_cls, d_cls", [(Generator, Discriminator), (ConvGenerator, ConvDiscriminator)])
