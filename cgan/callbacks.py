@@ -11,6 +11,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchvision.utils import make_grid, save_image
 
+from cgan.classifier import load_classifier
+from cgan.data import scale
+from cgan.metrics import DigitQuality, generate_per_class
+
 
 class SampleGrid(pl.Callback):
     """Draws the module's fixed samples every epoch: a grid with one row per digit.
@@ -39,6 +43,51 @@ class SampleGrid(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, global_step=epoch)
+
+
+class DigitMetrics(pl.Callback):
+    """Scores the generator during training: ``val/fid``, ``val/fid_intra`` and ``val/acc``.
+
+    Every ``every_n_epochs`` epochs (and on the last one) the sampling generator (EMA when
+    there is one) draws ``per_class`` digits of each class from fixed noise; they are scored
+    against the validation split (the 10k test images, whose statistics are computed once)
+    with the shipped MNIST classifier (see ``cgan.metrics.DigitQuality``). Under DDP each rank
+    draws and scores its share and the statistics are combined.
+
+    Args:
+        every_n_epochs: evaluate every n-th epoch (and always after the last).
+        per_class: generated digits per class (1000 gives 10,000 in all).
+        seed: seed of the evaluation noise.
+    """
+
+    def __init__(self, every_n_epochs: int = 10, per_class: int = 1000, seed: int = 1234) -> None:
+        self.every_n_epochs, self.per_class, self.seed = every_n_epochs, per_class, seed
+        self.quality: DigitQuality | None = None
+        self.seconds: list[float] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.quality = DigitQuality(load_classifier()).to(pl_module.device)
+        images, labels = trainer.datamodule.val_data
+        rank, world = trainer.global_rank, trainer.world_size
+        images, labels = images[rank::world], labels[rank::world]
+        for i in range(0, len(images), 1000):
+            batch = scale(images[i : i + 1000]).to(pl_module.device)
+            self.quality.update(batch, labels[i : i + 1000].to(pl_module.device), real=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
+            return
+        start = time.perf_counter()
+        batches = generate_per_class(
+            pl_module.sampler, self.per_class, self.seed, rank=trainer.global_rank, world_size=trainer.world_size
+        )
+        for images, labels in batches:
+            self.quality.update(images.float(), labels, real=False)
+        scores = self.quality.compute()
+        self.quality.reset()
+        pl_module.log_dict({f"val/{k}": scores[k] for k in ("fid", "fid_intra", "acc")})
+        self.seconds.append(time.perf_counter() - start)
 
 
 class EpochTimer(pl.Callback):

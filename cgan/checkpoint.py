@@ -67,3 +67,39 @@ def load(path) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a cgan checkpoint (it has no 'state_dict'). Pick a .ckpt of a cgan run.")
     return ckpt
+
+
+def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
+    """Raise a clear error unless ``checkpoint``'s weights fit ``module`` key for key and shape for shape."""
+    theirs = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in sorted(own.keys() - theirs.keys())]
+    problems += [f"unexpected {k}" for k in sorted(theirs.keys() - own.keys())]
+    problems += [
+        f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k in sorted(own.keys() & theirs.keys())
+        if theirs[k].shape != own[k].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise CheckpointError(
+            f"the checkpoint was made with a different architecture ({shown}). "
+            f"Use the config it was trained with (its run folder holds config.yaml: --config that file)."
+        )
+
+
+def load_module(path, device: str = "cpu"):
+    """The trained CGAN module of a checkpoint, in eval mode (needs no dataset)."""
+    from cgan.module import CGAN
+
+    load(path)  # clear errors for missing or unreadable files
+    try:
+        module = CGAN.load_from_checkpoint(path, map_location=device)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"could not rebuild the model from {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Checkpoints written by train.py carry their config; pass one of those."
+        ) from err
+    return module.eval()

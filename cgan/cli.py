@@ -8,12 +8,14 @@ With no arguments it trains the seed configuration (``configs/default.yaml``). A
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cgan import checkpoint
 from cgan.data import MNISTDataModule
@@ -70,7 +72,6 @@ class CganCLI(LightningCLI):
                 else Path(config.trainer.default_root_dir or ".") / "lightning_logs"
             )
             config.ckpt_path = str(checkpoint.find_last(root))
-        checkpoint.load(config.ckpt_path)
         version = checkpoint.run_version(Path(config.ckpt_path))
         if tensorboard and version is not None:
             logger.init_args.version = version  # keep logging into the run being resumed
@@ -92,6 +93,11 @@ def run(args: list[str] | None = None) -> pl.Trainer:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []},
     )
+    # Check what can be checked before anything is written: the optimizers' values, and that a
+    # checkpoint to resume is readable and fits the model.
+    cli.model.configure_optimizers()
+    if cli.config.ckpt_path:
+        checkpoint.check_compatible(cli.model, checkpoint.load(cli.config.ckpt_path))
     # Adam's second moments underflow into denormal floats, which the CPU handles ~10x slower;
     # flushing them to zero changes nothing measurable and makes an epoch ~20% faster on CPU.
     torch.set_flush_denormal(True)
@@ -110,4 +116,7 @@ def main(args: list[str] | None = None) -> int:
     except CganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except SIGTERMException:
+        print("Stopped by SIGTERM; last.ckpt was saved. Resume with --ckpt_path last.", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0

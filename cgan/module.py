@@ -11,7 +11,8 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from cgan.errors import CheckpointError, ConfigError, DivergenceError
+from cgan.checkpoint import check_compatible
+from cgan.errors import ConfigError, DivergenceError
 from cgan.losses import LOSSES
 from cgan.metrics import BatchMeans
 
@@ -184,18 +185,4 @@ class CGAN(pl.LightningModule):
                 )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        theirs = checkpoint.get("state_dict", {})
-        own = self.state_dict()
-        problems = [f"missing {k}" for k in sorted(own.keys() - theirs.keys())]
-        problems += [f"unexpected {k}" for k in sorted(theirs.keys() - own.keys())]
-        problems += [
-            f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
-            for k in sorted(own.keys() & theirs.keys())
-            if theirs[k].shape != own[k].shape
-        ]
-        if problems:
-            shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
-            raise CheckpointError(
-                f"the checkpoint was made with a different architecture ({shown}). "
-                f"Use the config it was trained with (its run folder holds config.yaml: --config that file)."
-            )
+        check_compatible(self, checkpoint)

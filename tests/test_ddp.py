@@ -1,0 +1,74 @@
+"""Lightning DDP on CPU processes (gloo), and mixed precision on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgan.cli import run
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
+BATCHES = 10  # per epoch in one process
+
+
+def train_subprocess(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *FAST, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def ddp_args(data_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"--data.data_dir={data_dir}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.callbacks+=helpers.RankReport",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_two_processes_train_identical_weights_on_their_own_shards(tiny_mnist, tmp_path, in_memory):
+    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=2", f"--data.in_memory={in_memory}"))
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0["batches"] == rank1["batches"] == 2 * BATCHES // 2  # half the single-process count
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key
+    runs = list((tmp_path / "lightning_logs").iterdir())
+    assert [r.name for r in runs] == ["version_0"]
+    assert sorted(p.name for p in (runs[0] / "samples").iterdir()) == ["000.png", "001.png"]
+    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 2 * BATCHES // 2
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_resumes_in_one_process_and_back(tiny_mnist, tmp_path):
+    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=1"))
+    train_subprocess(tmp_path, f"--data.data_dir={tiny_mnist}", "--max_epochs=2", "--ckpt_path=last")
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES)  # one DDP epoch, then one whole epoch
+    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=3", "--ckpt_path=last"))
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES + BATCHES // 2)
+
+
+def test_bf16_mixed_on_cpu_keeps_losses_finite(tiny_mnist, in_tmp):
+    trainer = run([f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1", "--trainer.precision=bf16-mixed"])
+    metrics = trainer.callback_metrics
+    for name in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"):
+        assert torch.isfinite(metrics[name]), name
+    assert trainer.lightning_module.generator.model[0].weight.dtype == torch.float32

@@ -1,0 +1,92 @@
+"""The shipped classifier and the metrics computed in its feature space."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cgan.classifier import RECORD, WEIGHTS, MNISTClassifier, accuracy, load_classifier, sha256
+from cgan.data import load_split, scale
+from cgan.errors import CheckpointError
+from cgan.metrics import DigitQuality, generate_per_class
+from cgan.models import Generator
+
+
+def test_shipped_weights_match_their_record_and_are_small():
+    record = json.loads(RECORD.read_text())
+    assert sha256(WEIGHTS) == record["sha256"]
+    assert record["test_accuracy"] >= 0.99
+    assert WEIGHTS.stat().st_size < 2 * 1024 * 1024
+
+
+def test_classifier_scores_fixture_digits(tiny_mnist):
+    model = load_classifier()
+    images, _ = load_split(str(tiny_mnist), train=False)
+    logits = model(scale(images))
+    assert logits.shape == (50, 10)
+    assert model.features(scale(images)).shape == (50, MNISTClassifier.num_features)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    bad = tmp_path / "w.pt"
+    data = bytearray(WEIGHTS.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    (tmp_path / "w.json").write_text(RECORD.read_text())
+    with pytest.raises(CheckpointError, match="do not match their recorded sha256"):
+        load_classifier(bad)
+
+
+def quality_with_reference(images, labels) -> DigitQuality:
+    quality = DigitQuality(load_classifier())
+    quality.update(scale(images), labels, real=True)
+    return quality
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(tiny_mnist):
+    images, labels = load_split(str(tiny_mnist), train=True)
+    quality = quality_with_reference(images, labels)
+    quality.update(scale(images), labels, real=False)
+    same = quality.compute()
+    quality.reset()
+    quality.update(torch.rand(200, 1, 28, 28) * 2 - 1, labels, real=False)
+    noise = quality.compute()
+    assert abs(same["fid"]) < 1e-3 and abs(same["fid_intra"]) < 1e-3
+    assert noise["fid"] > 100 * max(abs(same["fid"]), 1e-2)
+    assert noise["fid_class"].shape == (10,) and noise["acc_class"].shape == (10,)
+
+
+@pytest.mark.slow
+def test_on_real_mnist_accuracy_is_high_with_true_labels_and_chance_with_shuffled(real_mnist):
+    test_images, test_labels = load_split(str(real_mnist), train=False)
+    assert accuracy(load_classifier(), test_images, test_labels) >= 0.99
+    train_images, train_labels = load_split(str(real_mnist), train=True)
+    quality = quality_with_reference(test_images, test_labels)
+    true = quality_scores(quality, train_images[:5000], train_labels[:5000])
+    shuffled = quality_scores(quality, train_images[:5000], train_labels[:5000][torch.randperm(5000)])
+    assert true["acc"] > 0.99 and 0.05 < shuffled["acc"] < 0.15
+    assert true["fid"] < 1.0 and true["fid_intra"] < 2.0
+
+
+def quality_scores(quality: DigitQuality, images, labels) -> dict:
+    for i in range(0, len(images), 1000):
+        quality.update(scale(images[i : i + 1000]), labels[i : i + 1000], real=False)
+    scores = quality.compute()
+    quality.reset()
+    return scores
+
+
+def test_generate_per_class_draws_fixed_noise_per_class_and_shards_by_rank():
+    torch.manual_seed(0)
+    g = Generator()
+    batches = list(generate_per_class(g, per_class=30, seed=7, batch_size=100))
+    labels = torch.cat([y for _, y in batches])
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(30))
+    again = torch.cat([x for x, _ in generate_per_class(g, per_class=30, seed=7)])
+    assert torch.equal(torch.cat([x for x, _ in batches]), again)
+    shards = [torch.cat([y for _, y in generate_per_class(g, 30, 7, rank=r, world_size=2)]) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 150
+    assert torch.equal(torch.stack(shards, 1).flatten(), labels)

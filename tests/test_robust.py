@@ -1,0 +1,194 @@
+"""Runs that survive: exact resume, interruption, divergence, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgan.cli import main, run
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
+BATCHES = 10
+
+
+def cli(data_dir: Path, *extra: str) -> int:
+    return main([f"--data.data_dir={data_dir}", *FAST, *extra])
+
+
+def last_ckpt(root: Path, version: int = 0) -> dict:
+    return torch.load(root / f"lightning_logs/version_{version}/checkpoints/last.ckpt", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for index, state in opt_a["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+
+
+def test_resume_at_an_epoch_boundary_is_bit_identical(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "split").mkdir()
+    monkeypatch.chdir(tmp_path / "straight")
+    assert cli(tiny_mnist, "--max_epochs=4") == 0
+    monkeypatch.chdir(tmp_path / "split")
+    assert cli(tiny_mnist, "--max_epochs=2") == 0
+    assert cli(tiny_mnist, "--max_epochs=4", "--ckpt_path=last") == 0
+    straight, split = last_ckpt(tmp_path / "straight"), last_ckpt(tmp_path / "split")
+    assert straight["global_step"] == 2 * 4 * BATCHES
+    assert_same_training_state(straight, split)
+
+
+def run_subprocess(cwd: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_and_the_run_resumes_to_the_end(tiny_mnist, tmp_path):
+    args = [f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=3", "--trainer.callbacks+=helpers.SlowBatches"]
+    proc = run_subprocess(tmp_path, *args)
+    marker = tmp_path / "progress.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and "1 4\n" not in (marker.read_text() if marker.exists() else ""):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "Resume with --ckpt_path last" in out
+    stopped = last_ckpt(tmp_path)
+    done_in_epoch_1 = stopped["global_step"] // 2 - BATCHES
+    assert stopped["epoch"] == 1 and 5 <= done_in_epoch_1 < BATCHES  # saved mid-epoch
+
+    marker.unlink()
+    proc = run_subprocess(tmp_path, *args, "--ckpt_path=last")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    resumed = [tuple(map(int, line.split())) for line in marker.read_text().splitlines()]
+    assert resumed[0] == (1, done_in_epoch_1)  # continues with the first batch not trained
+    assert [b for e, b in resumed if e == 1] == list(range(done_in_epoch_1, BATCHES))
+    assert [b for e, b in resumed if e == 2] == list(range(BATCHES))
+    final = last_ckpt(tmp_path)
+    assert final["global_step"] == 2 * 3 * BATCHES  # every batch of every epoch exactly once
+    assert final["epoch"] == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()
+
+
+def test_a_nan_stops_training_with_the_message_and_keeps_the_last_good_checkpoint(tiny_mnist, in_tmp, capsys):
+    assert cli(tiny_mnist, "--max_epochs=1") == 0
+    path = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    before = path.read_bytes()
+    code = cli(
+        tiny_mnist,
+        "--max_epochs=3",
+        "--ckpt_path=last",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.callbacks+=helpers.InjectNaN",
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: d_loss and g_loss became non-finite in epoch 1 (detected at batch 4, global step 28)" in err
+    assert "the last saved checkpoint was kept" in err
+    assert path.read_bytes() == before
+    ckpt = torch.load(path, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_checkpoint_with_nan_weights_is_never_written(tiny_mnist, in_tmp):
+    trainer = run([f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1"])
+    with torch.no_grad():
+        trainer.lightning_module.discriminator.model[0].bias[0] = float("inf")
+    from cgan.errors import DivergenceError
+
+    with pytest.raises(DivergenceError, match="weight discriminator.model.0.bias is non-finite"):
+        trainer.save_checkpoint(in_tmp / "broken.ckpt")
+    assert not (in_tmp / "broken.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.batch_size=0"], "error: data.batch_size must be a positive integer, got 0."),
+        (["--model.g_optimizer.lr=-1"], "error: model.g_optimizer: Invalid learning rate: -1.0."),
+        (["--model.d_optimizer.lr=0"], None),
+        (["--model.generator.noise_dim=0"], "error: Generator: noise_dim and hidden_dim must be positive, got 0"),
+        (["--trainer.max_epochs=-2"], "error: trainer.max_epochs must be 0 or more, got -2."),
+    ],
+)
+def test_out_of_range_values_fail_before_anything_is_written(tiny_mnist, in_tmp, capsys, args, message):
+    code = main([f"--data.data_dir={tiny_mnist}", *FAST, *args])
+    err = capsys.readouterr().err
+    if message is None:  # lr 0 is legal for Adam: the run must simply work
+        assert code == 0, err
+        return
+    assert code == 1
+    assert message in err
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_unknown_config_keys_are_rejected(tiny_mnist, in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([f"--data.data_dir={tiny_mnist}", "--model.noise_size=64"])
+    assert exit_.value.code == 2
+    assert "noise_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "error: checkpoint {p} does not exist. Pass an existing .ckpt file, or 'last'."),
+        ("hello", "error: {p} is not a readable checkpoint"),
+    ],
+)
+def test_bad_checkpoint_paths_are_explained(tiny_mnist, in_tmp, capsys, content, message):
+    path = in_tmp / "some.ckpt"
+    if content is not None:
+        path.write_text(content)
+    code = cli(tiny_mnist, f"--ckpt_path={path}", "--max_epochs=1")
+    assert code == 1
+    assert message.format(p=path) in capsys.readouterr().err
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_resume_with_nothing_to_resume_is_explained(tiny_mnist, in_tmp, capsys):
+    assert cli(tiny_mnist, "--ckpt_path=last", "--max_epochs=1") == 1
+    err = capsys.readouterr().err
+    assert "error: --ckpt_path last: no last.ckpt under lightning_logs/version_*/checkpoints/" in err
+
+
+@pytest.mark.parametrize(
+    "change, detail",
+    [
+        ("--model.generator.noise_dim=64", "generator.model.0.weight: (512, 138) in the checkpoint, (512, 74) here"),
+        ("--model.discriminator.hidden_dim=256", "discriminator.model.0.bias: (512,) in the checkpoint, (256,) here"),
+    ],
+)
+def test_a_checkpoint_of_another_architecture_is_refused_untouched(tiny_mnist, in_tmp, capsys, change, detail):
+    assert cli(tiny_mnist, "--max_epochs=1") == 0
+    path = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    before = path.read_bytes()
+    assert cli(tiny_mnist, "--ckpt_path=last", "--max_epochs=2", change) == 1
+    err = capsys.readouterr().err
+    assert "error: the checkpoint was made with a different architecture" in err
+    assert detail in err
+    assert path.read_bytes() == before

@@ -1,0 +1,81 @@
+"""cgan-generate and cgan-evaluate on a checkpoint trained briefly on the fixture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cgan import evaluate, generate
+from cgan.cli import run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    from conftest import make_mnist
+
+    data = make_mnist(root / "data")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run([f"--data.data_dir={data}", "--data.batch_size=20", "--max_epochs=1"])
+    finally:
+        os.chdir(cwd)
+    return root / "lightning_logs/version_0/checkpoints/last.ckpt", data
+
+
+def test_generate_writes_a_grid_with_one_row_per_digit(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "grid.png"
+    assert generate.main(["--ckpt", str(ckpt), "--digits", "0", "3", "7", "--per-digit", "8", "--out", str(out)]) == 0
+    assert Image.open(out).size == (8 * 28 + 9 * 2, 3 * 28 + 4 * 2)
+
+
+def test_generate_writes_the_documented_arrays(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "s.npz"
+    assert generate.main(["--ckpt", str(ckpt), "--per-digit", "1000", "--out", str(out), "--seed", "3"]) == 0
+    data = np.load(out)
+    assert data["images"].shape == (10000, 28, 28) and data["images"].dtype == np.uint8
+    assert data["labels"].dtype == np.int64
+    assert (data["labels"] == np.repeat(np.arange(10), 1000)).all()
+    assert np.median(data["images"]) < 64  # mostly background, which is 0 as in MNIST
+
+
+def test_generate_is_reproducible_by_seed_and_interpolates(trained, tmp_path):
+    ckpt, _ = trained
+    a, b, c = (tmp_path / f"{n}.npz" for n in "abc")
+    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(a), "--seed", "1"])
+    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(b), "--seed", "1"])
+    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(c), "--seed", "1", "--interpolate"])
+    assert (np.load(a)["images"] == np.load(b)["images"]).all()
+    walk = np.load(c)["images"].astype(float)
+    steps = np.abs(np.diff(walk, axis=0)).mean(axis=(1, 2))
+    assert steps.max() < np.abs(walk[0] - walk[-1]).mean()  # neighbours closer than the ends
+
+
+def test_a_digit_outside_0_9_is_refused(trained, capsys):
+    ckpt, _ = trained
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(["--ckpt", str(ckpt), "--digits", "3", "12"])
+    assert exit_.value.code == 2
+    assert "argument --digits: invalid choice: 12" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_explained(tmp_path, capsys):
+    assert generate.main(["--ckpt", str(tmp_path / "none.ckpt")]) == 1
+    assert f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_prints_every_row(trained, capsys):
+    ckpt, data = trained
+    assert evaluate.main(["--ckpt", str(ckpt), "--data_dir", str(data), "--per-class", "20"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["generated", "real", "(train)"]
+    for label in ["FID", "intra-class FID", "accuracy", *(f"accuracy {c}" for c in range(10))]:
+        row = next(line for line in lines if line.strip().startswith(label + " ") or line.strip() == label)
+        assert len(row.replace(label, "", 1).split()) == 2, row
