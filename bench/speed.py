@@ -118,9 +118,12 @@ def bare_loop(data_dir: str, epochs: int) -> list[float]:
     return times
 
 
-def cgan_run(data_dir: str, epochs: int) -> list[float]:
-    """(c) ``python train.py`` with the default config, in a scratch folder."""
-    from cgan.callbacks import EpochTimer
+def cgan_run(data_dir: str, epochs: int) -> tuple[list[float], list[float]]:
+    """(c) ``python train.py`` with the default config, in a scratch folder.
+
+    Returns the seconds of each epoch and of each in-training evaluation (``val/fid`` and
+    ``val/acc``, run after the last epoch; that epoch's time includes it)."""
+    from cgan.callbacks import DigitMetrics, EpochTimer
     from cgan.cli import run
 
     sys.argv[1:] = []  # the arguments below are the whole command line of this run
@@ -133,7 +136,9 @@ def cgan_run(data_dir: str, epochs: int) -> list[float]:
                 "--trainer.enable_model_summary=false",
             ]
         )
-    return next(cb for cb in trainer.callbacks if isinstance(cb, EpochTimer)).times
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, EpochTimer))
+    metrics = next(cb for cb in trainer.callbacks if isinstance(cb, DigitMetrics))
+    return timer.times, metrics.seconds
 
 
 def flop_floor(epochs_batches: int = 600) -> tuple[float, float]:
@@ -173,7 +178,8 @@ def main() -> None:
 
     if args.only:  # child process: run one variant, print one JSON line
         times = VARIANTS[args.only](args.data_dir, args.epochs)
-        print(json.dumps({"times": times, "peak_mb": peak_rss_mb()}))
+        times, evals = times if isinstance(times, tuple) else (times, [])
+        print(json.dumps({"times": times, "evals": evals, "peak_mb": peak_rss_mb()}))
         return
 
     results = {}
@@ -199,6 +205,8 @@ def main() -> None:
         each = " ".join(f"{t:.2f}" for t in res["times"])
         print(f"{labels[name]:<34}{med[name]:>18.2f}{each:>28}{res['peak_mb']:>14.0f}")
     print(f"(a)/(c) = {med['seed'] / med['cgan']:.2f}   (c)/(b) = {med['cgan'] / med['bare']:.2f}")
+    for seconds in results["cgan"]["evals"]:
+        print(f"one val/fid + val/acc evaluation (10,000 generated digits): {seconds:.2f} s")
     print(
         f"FLOP floor: {flops / 1e9:.0f} GFLOP per epoch / {throughput / 1e9:.0f} GFLOP/s (2048^2 fp32 matmul) "
         f"= {flops / throughput:.2f} s; (c) is {med['cgan'] / (flops / throughput):.2f}x the floor"

@@ -33,11 +33,14 @@ class SampleGrid(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         last = epoch + 1 == trainer.max_epochs
-        if not trainer.is_global_zero or ((epoch + 1) % self.every_n_epochs and not last):
+        if (epoch + 1) % self.every_n_epochs and not last:
+            return
+        log_dir = Path(trainer.log_dir or ".")  # a broadcast under DDP: every rank must ask
+        if not trainer.is_global_zero:
             return
         images = pl_module.sample(pl_module.sample_noise, pl_module.sample_labels)
         grid = make_grid(images.float().cpu(), nrow=10, normalize=True, value_range=(-1, 1))
-        path = Path(trainer.log_dir or ".") / "samples" / f"{epoch:03d}.png"
+        path = log_dir / "samples" / f"{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         for logger in trainer.loggers:
@@ -86,6 +89,8 @@ class DigitMetrics(pl.Callback):
             self.quality.update(images.float(), labels, real=False)
         scores = self.quality.compute()
         self.quality.reset()
+        # Already combined over all ranks by torchmetrics: no sync_dist (Lightning would reduce
+        # lazily, when the rank-0-only progress bar reads it, and the other ranks would not join).
         pl_module.log_dict({f"val/{k}": scores[k] for k in ("fid", "fid_intra", "acc")})
         self.seconds.append(time.perf_counter() - start)
 

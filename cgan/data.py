@@ -70,6 +70,11 @@ def open_split(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True
         ds = cls(data_dir, train=train, transform=transform, download=False)
     except RuntimeError as err:
         if "Dataset not found" in str(err):
+            if all((raw / name).exists() for name, _ in cls.resources):
+                raise DataError(
+                    f"{dataset} in {raw} is only there as .gz files. Run with --data.download true (the "
+                    f"default): it extracts them without going online."
+                ) from err
             raise DataError(_missing_message(data_dir, dataset, "download is off")) from err
         raise DataError(_unreadable_message(raw, err)) from err
     except Exception as err:  # torchvision's IDX reader fails in several ways on a truncated file

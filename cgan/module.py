@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -63,9 +64,11 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
-        self.save_hyperparameters()
         # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
         # load_from_checkpoint rebuilds them. Built in Python they are objects: keep them out.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         objects = [k for k in ("generator", "discriminator") if isinstance(self.hparams.get(k), nn.Module)]
         if objects:
             self.remove_ignored_hparams(objects)
@@ -84,7 +87,6 @@ class CGAN(pl.LightningModule):
         self.register_buffer("sample_noise", noise)
         self.register_buffer("sample_labels", torch.arange(self.num_classes).repeat_interleave(10))
 
-    # ---------------------------------------------------------------- sampling
     @property
     def sampler(self) -> nn.Module:
         """The generator used for pictures and metrics: the EMA copy when there is one."""
@@ -101,14 +103,17 @@ class CGAN(pl.LightningModule):
         finally:
             g.train(was_training)
 
-    # ---------------------------------------------------------------- optimization
     def configure_optimizers(self):
         opts = []
         for name, net in (("g_optimizer", self.generator), ("d_optimizer", self.discriminator)):
             try:
-                opts.append(self.optimizer_fns[name](net.parameters()))
+                opt = self.optimizer_fns[name](net.parameters())
             except ValueError as err:
                 raise ConfigError(f"model.{name}: {err}. Use values in range, e.g. a positive lr.") from err
+            lr = opt.param_groups[0].get("lr", 1.0)
+            if not lr > 0:
+                raise ConfigError(f"model.{name}: the learning rate must be positive, got {lr}.")
+            opts.append(opt)
         scheds = [fn(opt) for fn, opt in zip(self.scheduler_fns, opts) if fn is not None]
         return opts, scheds
 
@@ -142,8 +147,8 @@ class CGAN(pl.LightningModule):
         if self.generator_ema is not None:
             self._update_ema()
         with torch.no_grad():
-            probs = torch.sigmoid(torch.stack([d_real.mean(), d_fake.mean()]).float())
-            self.train_stats.update(torch.cat([torch.stack([d_loss, g_loss]).float(), probs]))
+            stats = torch.stack([d_loss, g_loss, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()])
+            self.train_stats.update(stats.float())
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
 
@@ -158,12 +163,11 @@ class CGAN(pl.LightningModule):
         self._check_finite("the end of the epoch")
         means = self.train_stats.compute()
         self.train_stats.reset()
-        self.log_dict({f"train/{name}": value for name, value in zip(STATS, means)})
+        self.log_dict({f"train/{name}": value for name, value in zip(STATS, means)})  # synced by compute()
         scheds = self.lr_schedulers()
         for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             sched.step()
 
-    # ---------------------------------------------------------------- safety
     def _check_finite(self, where: str) -> None:
         """Stop with a clear message once a loss of this epoch is NaN or infinite (one host sync)."""
         totals = self.train_stats.total[:2]

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from torchvision import datasets
 
+from cgan.data import download
+
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAW_NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -73,6 +75,7 @@ def real_mnist(tmp_path: Path) -> Path:
         pytest.skip("the real MNIST files are not available")
     dst = tmp_path / "real" / "MNIST" / "raw"
     shutil.copytree(src, dst)
+    download(str(tmp_path / "real"))  # extracts the .gz files (offline: they pass their checksums)
     return tmp_path / "real"
 
 

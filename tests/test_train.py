@@ -100,3 +100,22 @@ def test_real_mnist_trains_a_few_batches(real_mnist, in_tmp):
     assert adam_steps(trainer.optimizers[0]) == {30}
     assert len(trainer.datamodule.train_data[0]) == 60000
     assert (in_tmp / "lightning_logs/version_0/samples/000.png").is_file()
+
+
+def test_dcgan_config_trains_and_resumes_with_its_ema(tiny_mnist, in_tmp):
+    from cgan.models import ConvDiscriminator, ConvGenerator
+
+    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
+    first = run(["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1"])
+    module = first.lightning_module
+    assert isinstance(module.generator, ConvGenerator) and isinstance(module.discriminator, ConvDiscriminator)
+    assert module.hparams.loss == "hinge" and module.generator_ema is not None
+    ema = {k: v for k, v in module.state_dict().items() if k.startswith("generator_ema.")}
+    live = module.generator.state_dict()
+    assert any(not torch.equal(v, live[k.removeprefix("generator_ema.")]) for k, v in ema.items())
+
+    resume = ["--max_epochs=2", "--ckpt_path=last", "--trainer.callbacks+=helpers.Recorder"]
+    second = run(["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST, *resume])
+    restored = recorder(second).initial
+    for k, v in ema.items():  # the EMA weights continued from the checkpoint
+        assert torch.equal(restored[k], v), k

@@ -1,0 +1,75 @@
+"""Losses on known logits, and the module's EMA and sampling."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from cgan.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
+from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
+from cgan.module import CGAN
+
+
+def test_bce_losses_match_the_seeds_bce_on_sigmoid():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    bce = torch.nn.BCELoss()
+    expected_d = bce(torch.sigmoid(real), torch.ones(2)) + bce(torch.sigmoid(fake), torch.zeros(2))
+    assert torch.allclose(bce_d_loss(real, fake), expected_d)
+    assert torch.allclose(bce_g_loss(fake), bce(torch.sigmoid(fake), torch.ones(2)))
+    assert math.isclose(bce_g_loss(torch.zeros(3)).item(), math.log(2), rel_tol=1e-6)
+
+
+def test_hinge_losses_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # relu(1 - real) = [0, 0.5, 2] -> 2.5/3; relu(1 + fake) = [0, 1, 2] -> 1
+    assert math.isclose(hinge_d_loss(real, fake).item(), 2.5 / 3 + 1.0, rel_tol=1e-6)
+    assert math.isclose(hinge_g_loss(fake).item(), 1 / 3, rel_tol=1e-6)
+
+
+def make(ema_decay=None, g=None, d=None) -> CGAN:
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    return CGAN(g or Generator(), d or Discriminator(), adam, adam, ema_decay=ema_decay)
+
+
+def test_ema_moves_toward_g_by_the_configured_decay():
+    torch.manual_seed(0)
+    module = make(ema_decay=0.9)
+    before = [p.clone() for p in module.generator_ema.parameters()]
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(1.0)
+    module._update_ema()
+    for old, ema, live in zip(before, module.generator_ema.parameters(), module.generator.parameters(), strict=True):
+        assert torch.allclose(ema, 0.9 * old + 0.1 * live)
+    assert module.sampler is module.generator_ema
+    assert not any(p.requires_grad for p in module.generator_ema.parameters())
+
+
+def test_ema_weights_are_part_of_the_checkpoint_state():
+    module = make(ema_decay=0.99)
+    keys = module.state_dict().keys()
+    assert any(k.startswith("generator_ema.") for k in keys)
+    assert {"sample_noise", "sample_labels"} <= set(keys)
+    assert module.sample_noise.shape == (100, 128)
+    assert torch.equal(module.sample_labels, torch.arange(10).repeat_interleave(10))
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
+def test_ema_decay_out_of_range_is_refused(decay):
+    from cgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"model.ema_decay must be in \\(0, 1\\) or null, got {decay}"):
+        make(ema_decay=decay)
+
+
+def test_sample_uses_eval_mode_and_restores_training_mode():
+    module = make(g=ConvGenerator(channels=8), d=ConvDiscriminator(channels=4))
+    module.train()
+    images = module.sample(module.sample_noise[:20], module.sample_labels[:20])
+    assert images.shape == (20, 1, 28, 28)
+    assert module.generator.training
+    again = module.sample(module.sample_noise[:20], module.sample_labels[:20])
+    assert torch.equal(images, again)  # eval-mode batch norm: no dependence on the batch draw
