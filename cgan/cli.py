@@ -52,6 +52,12 @@ class CganCLI(LightningCLI):
         # D and G are updated by separate backward passes, each of which leaves the other
         # network's parameters without gradients; plain DDP would wait for those gradients
         # forever, so DDP is told to look for unused parameters.
+        if config.trainer.enable_progress_bar is False and config.trainer.callbacks:
+            # the configs name a progress bar (to redraw it less often); drop it rather than let
+            # Lightning refuse the combination
+            config.trainer.callbacks = [
+                cb for cb in config.trainer.callbacks if not cb.class_path.endswith("ProgressBar")
+            ]
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
         if config.ckpt_path:

@@ -54,10 +54,13 @@ def _missing_message(data_dir: str, dataset: str, reason: str) -> str:
 def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
     """Fetch both splits with torchvision (a no-op when the files are already under ``<data_dir>/<dataset>/raw``)."""
     cls = _dataset_class(dataset)
+    raw = Path(data_dir) / dataset / "raw"
     for train in (True, False):
         try:
             cls(data_dir, train=train, download=True)
         except (RuntimeError, OSError) as err:
+            if all((raw / Path(name).stem).exists() for name, _ in cls.resources):
+                raise DataError(_unreadable_message(raw, err)) from err  # there, but not readable
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise DataError(_missing_message(data_dir, dataset, lines[-1] if lines else type(err).__name__)) from err
 

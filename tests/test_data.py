@@ -120,11 +120,12 @@ def test_corrupt_gz_is_reported_as_corrupt(gz_mnist, offline):
         download(str(root))
 
 
-def test_truncated_extracted_file_is_reported(tiny_mnist):
+def test_truncated_extracted_file_is_reported(tiny_mnist, offline):
     path = tiny_mnist / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(DataError, match="A file is probably truncated or corrupt: delete the extracted files"):
-        load_split(str(tiny_mnist))
+    for read in (load_split, download):
+        with pytest.raises(DataError, match="A file is probably truncated or corrupt: delete the extracted files"):
+            read(str(tiny_mnist))
 
 
 @pytest.mark.parametrize("kwargs, text", [({"batch_size": 0}, "data.batch_size must be a positive integer, got 0")])

@@ -79,6 +79,11 @@ def test_print_config_shows_the_seed_values(capsys):
     assert "loss: bce" in out
 
 
+def test_progress_bar_can_be_turned_off(tiny_mnist, in_tmp):
+    trainer = train(tiny_mnist, "--max_epochs=1", "--trainer.enable_progress_bar=false")
+    assert trainer.progress_bar_callback is None
+
+
 def test_max_epochs_alias_sets_trainer_max_epochs(capsys):
     with pytest.raises(SystemExit):
         main(["--max_epochs", "3", "--print_config"])
