@@ -12,8 +12,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchvision.utils import make_grid, save_image
 
 from cgan.classifier import load_classifier
-from cgan.data import scale
-from cgan.metrics import DigitQuality, generate_per_class
+from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
 
 
 class SampleGrid(pl.Callback):
@@ -72,10 +71,8 @@ class DigitMetrics(pl.Callback):
         self.quality = DigitQuality(load_classifier()).to(pl_module.device)
         images, labels = trainer.datamodule.val_data
         rank, world = trainer.global_rank, trainer.world_size
-        images, labels = images[rank::world], labels[rank::world]
-        for i in range(0, len(images), 1000):
-            batch = scale(images[i : i + 1000]).to(pl_module.device)
-            self.quality.update(batch, labels[i : i + 1000].to(pl_module.device), real=True)
+        for batch, y in scaled_batches(images[rank::world], labels[rank::world], device=pl_module.device):
+            self.quality.update(batch, y, real=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -85,10 +82,7 @@ class DigitMetrics(pl.Callback):
         batches = generate_per_class(
             pl_module.sampler, self.per_class, self.seed, rank=trainer.global_rank, world_size=trainer.world_size
         )
-        for images, labels in batches:
-            self.quality.update(images.float(), labels, real=False)
-        scores = self.quality.compute()
-        self.quality.reset()
+        scores = self.quality.score(batches)
         # Already combined over all ranks by torchmetrics: no sync_dist (Lightning would reduce
         # lazily, when the rank-0-only progress bar reads it, and the other ranks would not join).
         pl_module.log_dict({f"val/{k}": scores[k] for k in ("fid", "fid_intra", "acc")})

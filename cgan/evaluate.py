@@ -18,22 +18,9 @@ import torch
 
 from cgan.checkpoint import load_module
 from cgan.classifier import load_classifier
-from cgan.data import download, load_split, scale
+from cgan.data import download, load_split
 from cgan.errors import CganError
-from cgan.metrics import DigitQuality, generate_per_class
-
-
-def score(quality: DigitQuality, batches) -> dict:
-    for images, labels in batches:
-        quality.update(images.float(), labels, real=False)
-    scores = {k: v.cpu() for k, v in quality.compute().items()}
-    quality.reset()
-    return scores
-
-
-def real_batches(images, labels, batch_size: int = 1000):
-    for i in range(0, len(images), batch_size):
-        yield scale(images[i : i + batch_size]), labels[i : i + batch_size]
+from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
 
 
 def evaluate(ckpt: str, data_dir: str, per_class: int = 1000, seed: int = 1234, ema: bool = True) -> dict:
@@ -41,14 +28,14 @@ def evaluate(ckpt: str, data_dir: str, per_class: int = 1000, seed: int = 1234, 
     module = load_module(ckpt)
     download(data_dir)
     quality = DigitQuality(load_classifier())
-    for images, labels in real_batches(*load_split(data_dir, train=False)):
+    for images, labels in scaled_batches(*load_split(data_dir, train=False)):
         quality.update(images, labels, real=True)
     generator = module.sampler if ema else module.generator
-    generated = score(quality, generate_per_class(generator, per_class, seed))
+    generated = quality.score(generate_per_class(generator, per_class, seed))
     train_images, train_labels = load_split(data_dir, train=True)
     pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[: 10 * per_class]
-    real = score(quality, real_batches(train_images[pick], train_labels[pick]))
-    return {"generated": generated, "real": real}
+    real = quality.score(scaled_batches(train_images[pick], train_labels[pick]))
+    return {"generated": {k: v.cpu() for k, v in generated.items()}, "real": {k: v.cpu() for k, v in real.items()}}
 
 
 def format_table(results: dict) -> str:

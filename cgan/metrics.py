@@ -10,6 +10,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from cgan.data import scale
+
 
 class BatchMeans(Metric):
     """Per-epoch means of a few scalars, one ``update`` per batch with all of them at once.
@@ -93,6 +95,20 @@ class DigitQuality(nn.Module):
         """Forget the generated digits; the real statistics stay."""
         for metric in (self.fid, *self.fid_class, self.acc, self.acc_class):
             metric.reset()
+
+    def score(self, batches) -> dict[str, Tensor]:
+        """Scores of the ``(images, labels)`` batches against the real statistics, then ``reset``."""
+        for images, labels in batches:
+            self.update(images.float(), labels, real=False)
+        scores = self.compute()
+        self.reset()
+        return scores
+
+
+def scaled_batches(images: Tensor, labels: Tensor, batch_size: int = 1000, device=None):
+    """Yield ``(images (B, 1, 28, 28) in [-1, 1], labels)`` from uint8 images ``(N, 28, 28)``."""
+    for i in range(0, len(images), batch_size):
+        yield scale(images[i : i + batch_size]).to(device), labels[i : i + batch_size].to(device)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from cgan.classifier import RECORD, WEIGHTS, MNISTClassifier, accuracy, load_classifier, sha256
 from cgan.data import load_split, scale
 from cgan.errors import CheckpointError
-from cgan.metrics import DigitQuality, generate_per_class
+from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
 from cgan.models import Generator
 
 
@@ -65,18 +65,10 @@ def test_on_real_mnist_accuracy_is_high_with_true_labels_and_chance_with_shuffle
     assert accuracy(load_classifier(), test_images, test_labels) >= 0.99
     train_images, train_labels = load_split(str(real_mnist), train=True)
     quality = quality_with_reference(test_images, test_labels)
-    true = quality_scores(quality, train_images[:5000], train_labels[:5000])
-    shuffled = quality_scores(quality, train_images[:5000], train_labels[:5000][torch.randperm(5000)])
+    true = quality.score(scaled_batches(train_images[:5000], train_labels[:5000]))
+    shuffled = quality.score(scaled_batches(train_images[:5000], train_labels[:5000][torch.randperm(5000)]))
     assert true["acc"] > 0.99 and 0.05 < shuffled["acc"] < 0.15
     assert true["fid"] < 10 and true["fid_intra"] < 20  # 5,000 real digits: small, not 0 (finite-sample bias)
-
-
-def quality_scores(quality: DigitQuality, images, labels) -> dict:
-    for i in range(0, len(images), 1000):
-        quality.update(scale(images[i : i + 1000]), labels[i : i + 1000], real=False)
-    scores = quality.compute()
-    quality.reset()
-    return scores
 
 
 def test_generate_per_class_draws_fixed_noise_per_class_and_shards_by_rank():
