@@ -49,15 +49,15 @@ class CganCLI(LightningCLI):
         config = self.config
         if config.trainer.max_epochs is not None and config.trainer.max_epochs < 0:
             raise ConfigError(f"trainer.max_epochs must be 0 or more, got {config.trainer.max_epochs}.")
-        # D and G are updated by separate backward passes, each of which leaves the other
-        # network's parameters without gradients; plain DDP would wait for those gradients
-        # forever, so DDP is told to look for unused parameters.
         if config.trainer.enable_progress_bar is False and config.trainer.callbacks:
             # the configs name a progress bar (to redraw it less often); drop it rather than let
             # Lightning refuse the combination
             config.trainer.callbacks = [
                 cb for cb in config.trainer.callbacks if not cb.class_path.endswith("ProgressBar")
             ]
+        # D and G are updated by separate backward passes, each of which leaves the other
+        # network's parameters without gradients; plain DDP would wait for those gradients
+        # forever, so DDP is told to look for unused parameters.
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
         if config.ckpt_path:
