@@ -81,6 +81,34 @@ class Discriminator(nn.Module):
         return self.model(h).squeeze(1)
 
 
+@torch.no_grad()
+def recompute_batch_norm(generator: nn.Module, batches: int = 20, batch_size: int = 100, seed: int = 0) -> None:
+    """Set the running statistics of ``generator``'s batch norms to their average over fresh samples.
+
+    An EMA copy of G has weights no single training step had, so the statistics copied from
+    the live G do not fit it (its eval-mode digits came out grey and smeared). This runs
+    ``batches`` forward passes of ``batch_size`` samples, every class equally often, from a
+    noise generator seeded with ``seed``: the result depends only on the weights, and the
+    global RNG is left alone. A generator without batch norm is left untouched.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    device = next(generator.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    was_training, momenta = generator.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes below
+    generator.train()
+    y = torch.arange(batch_size, device=device) % generator.num_classes
+    for _ in range(batches):
+        generator(torch.randn(batch_size, generator.noise_dim, generator=rng).to(device), y)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    generator.train(was_training)
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """Batch norm whose scale and shift are looked up per class: ``(B, C, H, W), (B,) -> (B, C, H, W)``."""
 
@@ -123,7 +151,8 @@ class ConvGenerator(nn.Module):
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = self.project(torch.cat([z, self.embed(y)], dim=1)).view(-1, 2 * self.channels, 7, 7)
-        h = F.relu(self.bn0(h, y))
+        # Channels-last feature maps make the transposed convolutions ~1.5x faster on a CPU.
+        h = F.relu(self.bn0(h.contiguous(memory_format=torch.channels_last), y))
         h = F.relu(self.bn1(self.up1(h), y))
         h = F.relu(self.bn2(self.up2(h), y))
         return torch.tanh(self.out(h))
@@ -132,9 +161,10 @@ class ConvGenerator(nn.Module):
 class ConvDiscriminator(nn.Module):
     """A projection discriminator (Miyato & Koyama, 2018) with spectral normalization.
 
-    ``logit = w . h(x) + embed(y) . h(x)`` where ``h(x)`` is a conv feature vector averaged over
-    space: ``(1, 28, 28) -> (C, 14, 14) -> (2C, 7, 7) -> (4C, 7, 7) -> (4C,)``. (Summing instead,
-    as in the paper's ResNets, made this small D overpower G from the first steps.)
+    ``logit = w . h(x) + embed(y) . h(x)`` where ``h(x)`` is the flattened conv feature map:
+    ``(1, 28, 28) -> (C, 14, 14) -> (2C, 7, 7) -> (4C, 7, 7) -> (4C * 49,)``. Keeping the
+    positions matters at this size: pooled over space, the features only said which strokes
+    occur, not where, and G never learned whole digits.
     """
 
     def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
@@ -150,10 +180,11 @@ class ConvDiscriminator(nn.Module):
             nn.LeakyReLU(0.1, inplace=True),
             spectral_norm(nn.Conv2d(2 * c, 4 * c, 3, padding=1)),
             nn.LeakyReLU(0.1, inplace=True),
+            nn.Flatten(),
         )
-        self.linear = spectral_norm(nn.Linear(4 * c, 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, 4 * c))
+        self.linear = spectral_norm(nn.Linear(4 * c * 7 * 7, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, 4 * c * 7 * 7))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        h = self.features(x).mean(dim=(2, 3))
+        h = self.features(x)
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)

@@ -16,6 +16,7 @@ from cgan.checkpoint import check_compatible
 from cgan.errors import ConfigError, DivergenceError
 from cgan.losses import LOSSES
 from cgan.metrics import BatchMeans
+from cgan.models import recompute_batch_norm
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
 
@@ -43,7 +44,8 @@ class CGAN(pl.LightningModule):
         d_scheduler: optional LR scheduler for D, stepped once per epoch.
         loss: ``bce`` (the seed's, non-saturating for G) or ``hinge``.
         ema_decay: if set, an exponential moving average of G's weights is kept and used
-            for sample grids, metrics and generation.
+            for sample grids, metrics and generation. Its batch-norm statistics are recomputed
+            for its own weights whenever it is used after an update.
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
     """
 
@@ -77,6 +79,7 @@ class CGAN(pl.LightningModule):
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
         self.ema_decay = ema_decay
+        self._ema_stats_stale = True
         self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
         self.scheduler_fns = (g_scheduler, d_scheduler)
@@ -90,7 +93,12 @@ class CGAN(pl.LightningModule):
     @property
     def sampler(self) -> nn.Module:
         """The generator used for pictures and metrics: the EMA copy when there is one."""
-        return self.generator_ema if self.generator_ema is not None else self.generator
+        if self.generator_ema is None:
+            return self.generator
+        if self._ema_stats_stale:
+            recompute_batch_norm(self.generator_ema, seed=self.hparams.sample_seed)
+            self._ema_stats_stale = False
+        return self.generator_ema
 
     @torch.no_grad()
     def sample(self, z: Tensor, y: Tensor) -> Tensor:
@@ -156,8 +164,7 @@ class CGAN(pl.LightningModule):
     def _update_ema(self) -> None:
         ema, live = self.generator_ema, self.generator
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - self.ema_decay)
-        for b_ema, b in zip(ema.buffers(), live.buffers()):
-            b_ema.copy_(b)
+        self._ema_stats_stale = True
 
     def on_train_epoch_end(self) -> None:
         self._check_finite("the end of the epoch")
@@ -190,3 +197,4 @@ class CGAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_compatible(self, checkpoint)
+        self._ema_stats_stale = True

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cgan.errors import ConfigError
-from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Dropout, Generator
+from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Dropout, Generator, recompute_batch_norm
 
 
 def n_params(module) -> int:
@@ -51,6 +51,43 @@ def test_conv_discriminator_is_spectrally_normalized():
     d = ConvDiscriminator()
     normalized = [name for name, _ in d.named_modules() if name.endswith("parametrizations.weight")]
     assert len(normalized) == 5  # three convs, the linear head and the projection embedding
+
+
+def test_conv_discriminator_sees_where_strokes_are():
+    torch.manual_seed(0)
+    d = ConvDiscriminator(channels=8).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 2:8, 2:8] = 1  # the same blob in two corners: pooled features could not tell them apart
+    moved = torch.roll(x, shifts=(18, 18), dims=(2, 3))
+    y = torch.tensor([3])
+    assert not torch.allclose(d(x, y), d(moved, y))
+
+
+def test_recompute_batch_norm_averages_over_fresh_samples_and_spares_the_global_rng():
+    torch.manual_seed(0)
+    g = ConvGenerator(channels=8)
+    bn = g.bn1.bn
+    bn.running_mean.fill_(5.0)
+    seen = []
+    handle = bn.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].mean(dim=(0, 2, 3))))
+    rng = torch.get_rng_state()
+    g.eval()
+    recompute_batch_norm(g, batches=3, batch_size=20, seed=7)
+    handle.remove()
+    assert len(seen) == 3
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not g.training and bn.momentum == 0.1
+    first = bn.running_var.clone()
+    recompute_batch_norm(g, batches=3, batch_size=20, seed=7)
+    assert torch.equal(bn.running_var, first)  # a function of the weights and the seed only
+
+
+def test_recompute_batch_norm_leaves_a_generator_without_batch_norm_alone():
+    g = Generator()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    recompute_batch_norm(g)
+    assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.mark.parametrize(

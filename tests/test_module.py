@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 
@@ -55,6 +56,28 @@ def test_ema_weights_are_part_of_the_checkpoint_state():
     assert {"sample_noise", "sample_labels"} <= set(keys)
     assert module.sample_noise.shape == (100, 128)
     assert torch.equal(module.sample_labels, torch.arange(10).repeat_interleave(10))
+
+
+def test_ema_batch_norm_statistics_are_recomputed_for_the_ema_weights_once_per_update():
+    from cgan.models import recompute_batch_norm
+
+    torch.manual_seed(0)
+    module = make(ema_decay=0.5, g=ConvGenerator(channels=8), d=ConvDiscriminator(channels=4))
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    module._update_ema()
+    expected = copy.deepcopy(module.generator_ema)
+    recompute_batch_norm(expected, seed=module.hparams.sample_seed)
+    sampler = module.sampler
+    for (name, b), ref in zip(sampler.named_buffers(), expected.buffers(), strict=True):
+        assert torch.equal(b, ref), name
+    live = dict(module.generator.named_buffers())
+    assert not torch.equal(sampler.bn1.bn.running_mean, live["bn1.bn.running_mean"])
+    sampler.bn1.bn.running_mean.fill_(3.0)  # not recomputed again until the next update
+    assert torch.equal(module.sampler.bn1.bn.running_mean, torch.full((8,), 3.0))
+    module._update_ema()
+    assert not torch.equal(module.sampler.bn1.bn.running_mean, torch.full((8,), 3.0))
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
