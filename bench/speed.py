@@ -1,9 +1,10 @@
 """Seconds per epoch of the seed config: the seed's loop, a bare in-memory loop, and cgan.
 
-    python bench/speed.py --data_dir DIR [--epochs 3]
+    python bench/speed.py --data_dir DIR [--epochs 3] [--rounds 1]
 
 DIR holds ``MNIST/raw``. Each variant runs in a fresh subprocess, one after another (so
-their peak memory is their own and they never compete for cores):
+their peak memory is their own and they never compete for cores); with ``--rounds R`` the
+three run R times in turn, so a machine whose speed drifts slows all of them alike:
 
     (a) seed   the original script's loop as its README writes it: torchvision MNIST +
                ToTensor + Normalize, DataLoader(batch 100, shuffle, num_workers 2), sigmoid D
@@ -173,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="run the three variants this many times in turn")
     parser.add_argument("--only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -182,28 +184,33 @@ def main() -> None:
         print(json.dumps({"times": times, "evals": evals, "peak_mb": peak_rss_mb()}))
         return
 
-    results = {}
-    for name in ("seed", "bare", "cgan"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--only", name, "--data_dir", args.data_dir, "--epochs", str(args.epochs)],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode:
-            sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = {name: {"times": [], "evals": [], "peak_mb": 0.0} for name in ("seed", "bare", "cgan")}
+    for _ in range(args.rounds):
+        for name, res in results.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--only", name, "--data_dir", args.data_dir, "--epochs", str(args.epochs)],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode:
+                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+            child = json.loads(out.stdout.strip().splitlines()[-1])
+            res["times"] += child["times"]
+            res["evals"] += child["evals"]
+            res["peak_mb"] = max(res["peak_mb"], child["peak_mb"])
 
     flops, throughput = flop_floor()
     med = {k: statistics.median(v["times"]) for k, v in results.items()}
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"{args.epochs} epochs each"
+        f"{args.epochs} epochs each, {args.rounds} round(s)"
     )
-    print(f"{'variant':<34}{'s/epoch (median)':>18}{'epochs (s)':>28}{'peak RSS MB':>14}")
+    width = max(28, 6 * args.epochs * args.rounds + 4)
+    print(f"{'variant':<34}{'s/epoch (median)':>18}{'epochs (s)':>{width}}{'peak RSS MB':>14}")
     labels = {"seed": "(a) seed loop", "bare": "(b) bare in-memory loop (floor)", "cgan": "(c) cgan, default config"}
     for name, res in results.items():
         each = " ".join(f"{t:.2f}" for t in res["times"])
-        print(f"{labels[name]:<34}{med[name]:>18.2f}{each:>28}{res['peak_mb']:>14.0f}")
+        print(f"{labels[name]:<34}{med[name]:>18.2f}{each:>{width}}{res['peak_mb']:>14.0f}")
     print(f"(a)/(c) = {med['seed'] / med['cgan']:.2f}   (c)/(b) = {med['cgan'] / med['bare']:.2f}")
     for seconds in results["cgan"]["evals"]:
         print(f"one val/fid + val/acc evaluation (10,000 generated digits): {seconds:.2f} s")

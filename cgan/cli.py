@@ -85,6 +85,11 @@ class CganCLI(LightningCLI):
 
 def run(args: list[str] | None = None) -> pl.Trainer:
     """Parse ``args`` (default: ``sys.argv[1:]``), train, and return the trainer. Raises ``CganError``."""
+    # Adam's second moments underflow into denormal floats, which the CPU handles ~10x slower;
+    # flushing them to zero changes nothing measurable and makes an epoch ~20% faster on CPU.
+    # The flag is per thread and OpenMP workers copy it when they start, so it is set before
+    # building the model can start them.
+    torch.set_flush_denormal(True)
     if args is None:  # from the command line: LightningCLI reads sys.argv itself
         sys.argv[1:] = _expand_aliases(sys.argv[1:])
     else:
@@ -104,9 +109,6 @@ def run(args: list[str] | None = None) -> pl.Trainer:
     cli.model.configure_optimizers()
     if cli.config.ckpt_path:
         checkpoint.check_compatible(cli.model, checkpoint.load(cli.config.ckpt_path))
-    # Adam's second moments underflow into denormal floats, which the CPU handles ~10x slower;
-    # flushing them to zero changes nothing measurable and makes an epoch ~20% faster on CPU.
-    torch.set_flush_denormal(True)
     # lightning_fabric sets this at import so that probing CUDA never initialises it before a
     # fork; with it set, every optimizer.step() re-loads NVML to ask whether CUDA is there (~5%
     # of a CPU epoch). Training starts its DDP workers as fresh processes, so it is not needed.

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,3 +84,20 @@ def test_evaluate_prints_every_row(trained, capsys):
     for label in ["FID", "intra-class FID", "accuracy", *(f"accuracy {c}" for c in range(10))]:
         row = next(line for line in lines if line.strip().startswith(label + " ") or line.strip() == label)
         assert len(row.replace(label, "", 1).split()) == 2, row
+
+
+@pytest.mark.slow
+def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+    args = [sys.executable, str(bench), "--data_dir", str(tiny_mnist), "--epochs", "1", "--rounds", "2"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
+        row = next(line for line in out.stdout.splitlines() if line.startswith(label))
+        numbers = [float(v) for v in row[len(label) :].split()]
+        assert len(numbers) == 1 + 2 + 1  # median, one epoch per round, peak memory
+        assert all(v > 0 for v in numbers)
+    ratios = re.search(r"\(a\)/\(c\) = ([\d.]+)\s+\(c\)/\(b\) = ([\d.]+)", out.stdout)
+    assert ratios and float(ratios[1]) > 0 and float(ratios[2]) > 0
+    assert out.stdout.count("one val/fid + val/acc evaluation") == 2
+    assert "FLOP floor: " in out.stdout
