@@ -1,4 +1,4 @@
-"""cgan-generate and cgan-evaluate on a checkpoint trained briefly on the fixture."""
+"""cgan-generate and cgan-evaluate on a briefly trained checkpoint; a smoke run of the speed benchmark."""
 
 from __future__ import annotations
 
