@@ -142,11 +142,10 @@ def cgan_run(data_dir: str, epochs: int) -> tuple[list[float], list[float]]:
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, DigitMetrics))
     # The evaluation runs every n epochs (and after the last): it is reported on its own line,
     # so the epoch that ran it is counted without it, as the other epochs of a long run are.
-    evaluated = [e for e in range(epochs) if (e + 1) % metrics.every_n_epochs == 0 or e + 1 == epochs]
     times = list(timer.times)
-    for epoch, seconds in zip(evaluated, metrics.seconds, strict=True):
+    for epoch, seconds in metrics.seconds.items():
         times[epoch] -= seconds
-    return times, metrics.seconds
+    return times, list(metrics.seconds.values())
 
 
 def flop_floor(epochs_batches: int = 600) -> tuple[float, float]:

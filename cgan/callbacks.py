@@ -65,7 +65,7 @@ class DigitMetrics(pl.Callback):
     def __init__(self, every_n_epochs: int = 10, per_class: int = 1000, seed: int = 1234) -> None:
         self.every_n_epochs, self.per_class, self.seed = every_n_epochs, per_class, seed
         self.quality: DigitQuality | None = None
-        self.seconds: list[float] = []
+        self.seconds: dict[int, float] = {}  # epoch -> seconds of its evaluation
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.quality = DigitQuality(load_classifier()).to(pl_module.device)
@@ -86,7 +86,7 @@ class DigitMetrics(pl.Callback):
         # Already combined over all ranks by torchmetrics: no sync_dist (Lightning would reduce
         # lazily, when the rank-0-only progress bar reads it, and the other ranks would not join).
         pl_module.log_dict({f"val/{k}": scores[k] for k in ("fid", "fid_intra", "acc")})
-        self.seconds.append(time.perf_counter() - start)
+        self.seconds[epoch] = time.perf_counter() - start
 
 
 class EpochTimer(pl.Callback):
