@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cgan.data import scale
+from cgan.models import training_mode
 
 
 class BatchMeans(Metric):
@@ -125,9 +126,7 @@ def generate_per_class(
     labels = torch.arange(generator.num_classes).repeat_interleave(per_class)
     noise = torch.randn(len(labels), generator.noise_dim, generator=torch.Generator().manual_seed(seed))
     labels, noise = labels[rank::world_size], noise[rank::world_size]
-    was_training = generator.training
-    generator.eval()
-    for i in range(0, len(labels), batch_size):
-        y = labels[i : i + batch_size].to(device)
-        yield generator(noise[i : i + batch_size].to(device), y), y
-    generator.train(was_training)
+    with training_mode(generator, False):
+        for i in range(0, len(labels), batch_size):
+            y = labels[i : i + batch_size].to(device)
+            yield generator(noise[i : i + batch_size].to(device), y), y

@@ -7,6 +7,9 @@ Every generator maps ``(z (B, noise_dim), y (B,) int64)`` to images ``(B, 1, 28,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -81,6 +84,17 @@ class Discriminator(nn.Module):
         return self.model(h).squeeze(1)
 
 
+@contextmanager
+def training_mode(module: nn.Module, mode: bool) -> Iterator[nn.Module]:
+    """Put ``module`` in train (``mode=True``) or eval mode for a block, then restore its mode."""
+    was_training = module.training
+    module.train(mode)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def recompute_batch_norm(generator: nn.Module, batches: int = 20, batch_size: int = 100, seed: int = 0) -> None:
     """Set the running statistics of ``generator``'s batch norms to their average over fresh samples.
@@ -96,17 +110,16 @@ def recompute_batch_norm(generator: nn.Module, batches: int = 20, batch_size: in
         return
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
-    was_training, momenta = generator.training, [m.momentum for m in norms]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the passes below
-    generator.train()
     y = torch.arange(batch_size, device=device) % generator.num_classes
-    for _ in range(batches):
-        generator(torch.randn(batch_size, generator.noise_dim, generator=rng).to(device), y)
+    with training_mode(generator, True):
+        for _ in range(batches):
+            generator(torch.randn(batch_size, generator.noise_dim, generator=rng).to(device), y)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
-    generator.train(was_training)
 
 
 class ConditionalBatchNorm2d(nn.Module):

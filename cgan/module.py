@@ -16,7 +16,7 @@ from cgan.checkpoint import check_compatible
 from cgan.errors import ConfigError, DivergenceError
 from cgan.losses import LOSSES
 from cgan.metrics import BatchMeans
-from cgan.models import recompute_batch_norm
+from cgan.models import recompute_batch_norm, training_mode
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
 
@@ -103,13 +103,8 @@ class CGAN(pl.LightningModule):
     @torch.no_grad()
     def sample(self, z: Tensor, y: Tensor) -> Tensor:
         """Images ``(B, 1, 28, 28)`` in [-1, 1] from the sampling generator in eval mode."""
-        g = self.sampler
-        was_training = g.training
-        g.eval()
-        try:
+        with training_mode(self.sampler, False) as g:
             return g(z, y)
-        finally:
-            g.train(was_training)
 
     def configure_optimizers(self):
         opts = []
