@@ -15,6 +15,12 @@ from cgan.classifier import load_classifier
 from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
 
 
+def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """Whether the epoch now ending is an n-th one or the last."""
+    epoch = trainer.current_epoch + 1
+    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
+
+
 class SampleGrid(pl.Callback):
     """Draws the module's fixed samples every epoch: a grid with one row per digit.
 
@@ -30,10 +36,9 @@ class SampleGrid(pl.Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        last = epoch + 1 == trainer.max_epochs
-        if (epoch + 1) % self.every_n_epochs and not last:
+        if not _due(trainer, self.every_n_epochs):
             return
+        epoch = trainer.current_epoch
         log_dir = Path(trainer.log_dir or ".")  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
@@ -75,8 +80,7 @@ class DigitMetrics(pl.Callback):
             self.quality.update(batch, y, real=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
+        if not _due(trainer, self.every_n_epochs):
             return
         start = time.perf_counter()
         batches = generate_per_class(
@@ -86,7 +90,7 @@ class DigitMetrics(pl.Callback):
         # Already combined over all ranks by torchmetrics: no sync_dist (Lightning would reduce
         # lazily, when the rank-0-only progress bar reads it, and the other ranks would not join).
         pl_module.log_dict({f"val/{k}": scores[k] for k in ("fid", "fid_intra", "acc")})
-        self.seconds[epoch] = time.perf_counter() - start
+        self.seconds[trainer.current_epoch] = time.perf_counter() - start
 
 
 class EpochTimer(pl.Callback):
