@@ -22,10 +22,18 @@ def test_seed_networks_have_the_seed_layers_and_parameter_counts():
 def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales():
     torch.manual_seed(0)
     drop = Dropout(0.3)
-    out = drop(torch.ones(1000, 1000))
+    x = torch.ones(999, 1001, requires_grad=True)  # an odd count: one 64-bit draw covers two units
+    out = drop(x)
     kept = out != 0
+    assert out.shape == x.shape
     assert abs(kept.float().mean().item() - 0.7) < 0.005
     assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    # the two units cut from one draw are independent
+    pairs = kept.flatten()[: 999 * 1000].view(-1, 2).float()
+    assert abs((pairs[:, 0] * pairs[:, 1]).mean().item() - 0.49) < 0.005
+    out.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.7)
+    assert not torch.equal(drop(x), out)  # a fresh mask each call
     drop.eval()
     x = torch.randn(4, 4)
     assert torch.equal(drop(x), x)
