@@ -14,8 +14,9 @@ three run R times in turn, so a machine whose speed drifts slows all of them ali
                checkpoints), timed epoch start to epoch start; the evaluation that the config
                runs every 10 epochs and after the last is timed on its own line.
 
-It prints the median seconds per epoch of each, the ratios (a)/(c) and (c)/(b), peak resident
-memory, and the FLOP floor: FLOPs of one epoch divided by a matmul throughput measured here.
+It prints the median seconds per epoch of each, the ratios (a)/(c) and (c)/(b), the peak resident
+memory of each training process ((a)'s two DataLoader workers not included), and the FLOP
+floor: FLOPs of one epoch divided by a matmul throughput measured here.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+    """Peak resident memory of this process. Not its children's: a child started by vfork (as
+    ``subprocess`` does) is charged the parent's whole resident set, which would count it twice."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seed_loop(data_dir: str, epochs: int) -> list[float]:
