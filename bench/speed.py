@@ -1,6 +1,6 @@
 """Seconds per epoch of the seed config: the seed's loop, a bare in-memory loop, and cgan.
 
-    python bench/speed.py --data_dir DIR [--epochs 3] [--rounds 1]
+    python bench/speed.py --data_dir DIR [--epochs 3] [--rounds 1] [--device cpu|cuda]
 
 DIR holds ``MNIST/raw``. Each variant runs in a fresh subprocess, one after another (so
 their peak memory is their own and they never compete for cores); with ``--rounds R`` the
@@ -8,15 +8,16 @@ three run R times in turn, so a machine whose speed drifts slows all of them ali
 
     (a) seed   the original script's loop as its README writes it: torchvision MNIST +
                ToTensor + Normalize, DataLoader(batch 100, shuffle, num_workers 2), sigmoid D
-               with BCELoss, G run twice per batch.
-    (b) bare   the same maths as a plain loop over an in-memory tensor: the floor.
+               with BCELoss, G run twice per batch; on the CPU, as the seed runs.
+    (b) bare   the same maths as a plain loop over an in-memory tensor on ``--device``: the floor.
     (c) cgan   ``python train.py`` with the default config (Lightning, logging, sample grids,
-               checkpoints), timed epoch start to epoch start; the evaluation that the config
-               runs every 10 epochs and after the last is timed on its own line.
+               checkpoints) on ``--device``, timed epoch start to epoch start; the evaluation
+               that the config runs every 10 epochs and after the last is timed on its own line.
 
-It prints the median seconds per epoch of each, the ratios (a)/(c) and (c)/(b), the peak resident
-memory of each training process ((a)'s two DataLoader workers not included), and the FLOP
-floor: FLOPs of one epoch divided by a matmul throughput measured here.
+It prints the median seconds per epoch and images per second of each, the ratios (a)/(c) and
+(c)/(b), the peak resident memory of each training process ((a)'s two DataLoader workers not
+included) and, on a GPU, its peak allocated GPU memory, and the FLOP floor: FLOPs of one epoch
+divided by a matmul throughput measured on the device.
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def seed_loop(data_dir: str, epochs: int) -> list[float]:
-    """(a) The seed's loop, kept as its README writes it."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_loop(data_dir: str, epochs: int, device: torch.device) -> dict:
+    """(a) The seed's loop, kept as its README writes it (on the CPU whatever ``device`` is)."""
     from torch import nn
     from torch.optim import Adam
     from torch.utils.data import DataLoader
@@ -83,10 +90,10 @@ def seed_loop(data_dir: str, epochs: int) -> list[float]:
             G_loss.backward()
             G_optim.step()
         times.append(time.perf_counter() - start)
-    return times
+    return {"times": times, "images": len(trainset)}
 
 
-def bare_loop(data_dir: str, epochs: int) -> list[float]:
+def bare_loop(data_dir: str, epochs: int, device: torch.device) -> dict:
     """(b) The same maths with no framework: in-memory data, the lean step of cgan.module."""
     from cgan.data import load_split, scale
     from cgan.losses import bce_d_loss, bce_g_loss
@@ -94,18 +101,18 @@ def bare_loop(data_dir: str, epochs: int) -> list[float]:
 
     torch.set_flush_denormal(True)  # as cgan.cli does
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # set by importing Lightning; see cgan.cli
-    images, labels = load_split(data_dir)
-    G, D = Generator(), Discriminator()
+    images, labels = (t.to(device) for t in load_split(data_dir))
+    G, D = Generator().to(device), Discriminator().to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=0.001, fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=0.001, fused=True)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        order = torch.randperm(len(images))
+        order = torch.randperm(len(images), device=device)
         for i in range(0, len(order), 100):
             idx = order[i : i + 100]
             x, y = scale(images.index_select(0, idx)), labels.index_select(0, idx)
-            fake = G(torch.randn(len(idx), 128), y)
+            fake = G(torch.randn(len(idx), 128, device=device), y)
             logits = D(torch.cat([x, fake.detach()]), torch.cat([y, y]))
             d_loss = bce_d_loss(logits[: len(idx)], logits[len(idx) :])
             opt_d.zero_grad(set_to_none=True)
@@ -117,11 +124,12 @@ def bare_loop(data_dir: str, epochs: int) -> list[float]:
             g_loss.backward()
             opt_g.step()
             D.requires_grad_(True)
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    return times
+    return {"times": times, "images": len(images)}
 
 
-def cgan_run(data_dir: str, epochs: int) -> tuple[list[float], list[float]]:
+def cgan_run(data_dir: str, epochs: int, device: torch.device) -> dict:
     """(c) ``python train.py`` with the default config, in a scratch folder.
 
     Returns the seconds of each epoch, less the in-training evaluations (``val/fid`` and
@@ -137,6 +145,9 @@ def cgan_run(data_dir: str, epochs: int) -> tuple[list[float], list[float]]:
                 f"--max_epochs={epochs}",
                 f"--data.data_dir={os.path.abspath(data_dir)}",
                 "--trainer.enable_model_summary=false",
+                # named, not "auto": on a machine with a GPU, (c) runs where (b) runs
+                f"--trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+                "--trainer.devices=1",
             ]
         )
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, EpochTimer))
@@ -146,11 +157,12 @@ def cgan_run(data_dir: str, epochs: int) -> tuple[list[float], list[float]]:
     times = list(timer.times)
     for epoch, seconds in metrics.seconds.items():
         times[epoch] -= seconds
-    return times, list(metrics.seconds.values())
+    return {"times": times, "evals": list(metrics.seconds.values()), "images": len(trainer.datamodule.train_data[0])}
 
 
-def flop_floor(epochs_batches: int = 600) -> tuple[float, float]:
-    """(FLOPs of one epoch of the seed model, fp32 matmul FLOP/s: the best of several timings)."""
+def flop_floor(device: torch.device, epochs_batches: int = 600) -> tuple[float, float, int]:
+    """(FLOPs of one epoch of the seed model, fp32 matmul FLOP/s on ``device``: the best of
+    several timings, and the matrix size it was timed on)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cgan.losses import bce_d_loss, bce_g_loss
@@ -164,15 +176,18 @@ def flop_floor(epochs_batches: int = 600) -> tuple[float, float]:
         D.requires_grad_(False)
         bce_g_loss(D(fake, y)).backward()
     step_flops = counter.get_total_flops()
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    n = 8192 if device.type == "cuda" else 2048  # a GPU needs larger matrices to reach its rate
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
-    seconds = []  # the best of several short timings: what the CPU can do, not what a busy moment allowed
+    seconds = []  # the best of several short timings: what the device can do, not what a busy moment allowed
     for _ in range(10):
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(3):
             a @ b
+        synchronize(device)
         seconds.append((time.perf_counter() - start) / 3)
-    return step_flops * epochs_batches, 2 * 2048**3 / min(seconds)
+    return step_flops * epochs_batches, 2 * n**3 / min(seconds), n
 
 
 VARIANTS = {"seed": seed_loop, "bare": bare_loop, "cgan": cgan_run}
@@ -183,47 +198,57 @@ def main() -> None:
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="run the three variants this many times in turn")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where (b) and (c) train")
     parser.add_argument("--only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but PyTorch sees no CUDA GPU here.")
 
     if args.only:  # child process: run one variant, print one JSON line
-        times = VARIANTS[args.only](args.data_dir, args.epochs)
-        times, evals = times if isinstance(times, tuple) else (times, [])
-        print(json.dumps({"times": times, "evals": evals, "peak_mb": peak_rss_mb()}))
+        child = VARIANTS[args.only](args.data_dir, args.epochs, device)
+        child["peak_mb"] = peak_rss_mb()
+        child["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+        print(json.dumps(child))
         return
 
-    results = {name: {"times": [], "evals": [], "peak_mb": 0.0} for name in ("seed", "bare", "cgan")}
+    results = {name: {"times": [], "evals": [], "peak_mb": 0.0, "gpu_mb": 0.0} for name in ("seed", "bare", "cgan")}
     for _ in range(args.rounds):
         for name, res in results.items():
-            out = subprocess.run(
-                [sys.executable, __file__, "--only", name, "--data_dir", args.data_dir, "--epochs", str(args.epochs)],
-                capture_output=True,
-                text=True,
-            )
+            cmd = [sys.executable, __file__, "--only", name, "--data_dir", args.data_dir, "--epochs", str(args.epochs)]
+            out = subprocess.run(cmd + ["--device", args.device], capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
             child = json.loads(out.stdout.strip().splitlines()[-1])
             res["times"] += child["times"]
-            res["evals"] += child["evals"]
+            res["evals"] += child.get("evals", [])
+            res["images"] = child["images"]
             res["peak_mb"] = max(res["peak_mb"], child["peak_mb"])
+            res["gpu_mb"] = max(res["gpu_mb"], child["gpu_mb"])
 
-    flops, throughput = flop_floor()
+    flops, throughput, n = flop_floor(device)
     med = {k: statistics.median(v["times"]) for k, v in results.items()}
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}; (b) and (c) on {device.type}, "
         f"{args.epochs} epochs each, {args.rounds} round(s)"
     )
     width = max(28, 6 * args.epochs * args.rounds + 4)
-    print(f"{'variant':<34}{'s/epoch (median)':>18}{'epochs (s)':>{width}}{'peak RSS MB':>14}")
+    print(f"{'variant':<34}{'s/epoch (median)':>18}{'images/s':>10}{'epochs (s)':>{width}}{'peak RSS MB':>14}")
     labels = {"seed": "(a) seed loop", "bare": "(b) bare in-memory loop (floor)", "cgan": "(c) cgan, default config"}
     for name, res in results.items():
         each = " ".join(f"{t:.2f}" for t in res["times"])
-        print(f"{labels[name]:<34}{med[name]:>18.2f}{each:>{width}}{res['peak_mb']:>14.0f}")
+        rate = res["images"] / med[name]
+        print(f"{labels[name]:<34}{med[name]:>18.2f}{rate:>10.0f}{each:>{width}}{res['peak_mb']:>14.0f}")
     print(f"(a)/(c) = {med['seed'] / med['cgan']:.2f}   (c)/(b) = {med['cgan'] / med['bare']:.2f}")
+    if device.type == "cuda":
+        print(
+            f"peak GPU memory allocated: (b) {results['bare']['gpu_mb']:.0f} MB, (c) {results['cgan']['gpu_mb']:.0f} MB"
+        )
     for seconds in results["cgan"]["evals"]:
         print(f"one val/fid + val/acc evaluation (10,000 generated digits): {seconds:.2f} s")
     print(
-        f"FLOP floor: {flops / 1e9:.0f} GFLOP per epoch / {throughput / 1e9:.0f} GFLOP/s (2048^2 fp32 matmul) "
+        f"FLOP floor: {flops / 1e9:.0f} GFLOP per epoch / {throughput / 1e9:.0f} GFLOP/s ({n}^2 fp32 matmul) "
         f"= {flops / throughput:.2f} s; (c) is {med['cgan'] / (flops / throughput):.2f}x the floor"
     )
 

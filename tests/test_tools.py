@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cgan import evaluate, generate
@@ -95,9 +96,20 @@ def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
     for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
         row = next(line for line in out.stdout.splitlines() if line.startswith(label))
         numbers = [float(v) for v in row[len(label) :].split()]
-        assert len(numbers) == 1 + 2 + 1  # median, one epoch per round, peak memory
+        assert len(numbers) == 1 + 1 + 2 + 1  # median, images/s, one epoch per round, peak memory
         assert all(v > 0 for v in numbers)
+        # images/s = the fixture's 200 training images / the median, which is printed rounded to 0.01 s
+        assert 200 / (numbers[0] + 0.005) - 1 <= numbers[1] <= 200 / max(numbers[0] - 0.005, 1e-3) + 1
     ratios = re.search(r"\(a\)/\(c\) = ([\d.]+)\s+\(c\)/\(b\) = ([\d.]+)", out.stdout)
     assert ratios and float(ratios[1]) > 0 and float(ratios[2]) > 0
     assert out.stdout.count("one val/fid + val/acc evaluation") == 2
     assert "FLOP floor: " in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_speed_benchmark_on_cuda_without_a_gpu_says_so(tiny_mnist):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+    args = [sys.executable, str(bench), "--data_dir", str(tiny_mnist), "--device", "cuda"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: --device cuda, but PyTorch sees no CUDA GPU here."
