@@ -15,6 +15,8 @@ from PIL import Image
 from cgan import evaluate, generate
 from cgan.cli import run
 
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -89,8 +91,7 @@ def test_evaluate_prints_every_row(trained, capsys):
 
 @pytest.mark.slow
 def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
-    bench = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
-    args = [sys.executable, str(bench), "--data_dir", str(tiny_mnist), "--epochs", "1", "--rounds", "2"]
+    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--epochs", "1", "--rounds", "2"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
@@ -108,8 +109,7 @@ def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
 def test_speed_benchmark_on_cuda_without_a_gpu_says_so(tiny_mnist):
-    bench = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
-    args = [sys.executable, str(bench), "--data_dir", str(tiny_mnist), "--device", "cuda"]
+    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--device", "cuda"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == "error: --device cuda, but PyTorch sees no CUDA GPU here."
