@@ -1,4 +1,4 @@
-"""Training callbacks: sample grids, and a checkpoint when a run is interrupted."""
+"""Training callbacks: sample grids, in-training metrics, epoch times."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchvision.utils import make_grid, save_image
 
 from cgan.classifier import load_classifier
@@ -114,31 +112,3 @@ class EpochTimer(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop(trainer)
         self._start = None
-
-
-class InterruptCheckpoint(pl.Callback):
-    """On Ctrl-C or SIGTERM, saves ``last.ckpt`` (mid-epoch too) so ``--ckpt_path last`` resumes.
-
-    Lightning itself only reacts to SIGTERM at the end of an epoch in a single process; this
-    stops after the current batch. Other exceptions (a diverged run, bad input) save nothing,
-    so the last good checkpoint is never replaced by a broken one.
-    """
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.received_sigterm and trainer.world_size == 1:
-            raise SIGTERMException()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            return
-        ckpt_cb = trainer.checkpoint_callback
-        dirpath = (
-            ckpt_cb.dirpath if ckpt_cb is not None and ckpt_cb.dirpath else Path(trainer.log_dir or ".") / "checkpoints"
-        )
-        path = Path(dirpath) / "last.ckpt"
-        trainer.save_checkpoint(path)
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        rank_zero_info(
-            f"Interrupted in epoch {trainer.current_epoch} after {batches} batches: saved {path}. "
-            f"Resume with --ckpt_path last."
-        )

@@ -1,37 +1,73 @@
 """``python train.py`` / ``cgan-train``: LightningCLI over the CGAN module and the MNIST data.
 
-With no arguments it trains the seed configuration (``configs/default.yaml``). Any
-``--model.*``, ``--data.*`` or ``--trainer.*`` flag and ``--config FILE`` override it;
-``--max_epochs N`` is short for ``--trainer.max_epochs N``; ``--ckpt_path last|PATH`` resumes.
+With no arguments it trains the seed configuration (``configs/default.yaml``, shipped in the
+package as ``cgan.configs``). Any ``--model.*``, ``--data.*`` or ``--trainer.*`` flag and
+``--config FILE|NAME`` override it (NAME: a shipped config, e.g. ``dcgan``); ``--max_epochs N``
+is short for ``--trainer.max_epochs N``; ``--ckpt_path last|PATH`` resumes. Runs go to
+``<trainer.default_root_dir>/lightning_logs/version_N`` (default root: the working directory).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-import signal
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cgan import checkpoint
 from cgan.data import MNISTDataModule
 from cgan.errors import CganError, ConfigError
+from cgan.interrupt import Stopped, requeue_note, slurm_job_id
 from cgan.module import CGAN
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 ALIASES = {"--max_epochs": "--trainer.max_epochs"}
 
 
-def _expand_aliases(args: list[str]) -> list[str]:
-    out = []
-    for arg in args:
+def config_dir() -> Path:
+    """The shipped configs: the package ``cgan.configs`` once installed, else ``configs/`` of the checkout."""
+    try:
+        return Path(next(iter(importlib.import_module("cgan.configs").__path__)))  # a folder of YAML files
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def _shipped(name: str) -> Path:
+    return config_dir() / f"{name}.yaml"
+
+
+def _config_path(value: str) -> str:
+    """``--config`` takes a file, or the name of a shipped config (``dcgan`` for ``dcgan.yaml``)."""
+    if Path(value).is_file():
+        return value
+    name = Path(value).stem if Path(value).parent == Path(".") else None
+    if name is not None and _shipped(name).is_file():
+        return str(_shipped(name))
+    names = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml")))
+    raise ConfigError(
+        f"--config {value}: no such file, and not a shipped config ({names}). Pass a YAML file or a name."
+    )
+
+
+def _expand_args(args: list[str]) -> list[str]:
+    """Apply the aliases and resolve ``--config`` names to files."""
+    out, args = [], list(args)
+    while args:
+        arg = args.pop(0)
         name, eq, value = arg.partition("=")
-        out.append(ALIASES[name] + eq + value if name in ALIASES else arg)
+        if name in ALIASES:
+            arg = ALIASES[name] + eq + value
+        elif name == "--config" and (eq or args):
+            arg = "--config=" + _config_path(value if eq else args.pop(0))
+        out.append(arg)
     return out
+
+
+def _root(default_root_dir: str | None) -> str:
+    return default_root_dir or "."
 
 
 class CganCLI(LightningCLI):
@@ -42,11 +78,17 @@ class CganCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="Resume training: 'last' (the newest run's last.ckpt) or the path of a checkpoint.",
+            help="Resume training: 'last' (the newest run's last.ckpt under the root) or the path of a checkpoint.",
         )
+        for target in ("model.seed", "data.seed"):
+            parser.link_arguments("seed_everything", target, compute_fn=int)
+        # one knob decides where a run goes: the logger writes under the trainer's root folder
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=_root)
 
     def before_instantiate_classes(self) -> None:
         config = self.config
+        # `seed_everything: true` is drawn by LightningCLI after the links were applied
+        config.model.seed = config.data.seed = config.seed_everything
         if config.trainer.max_epochs is not None and config.trainer.max_epochs < 0:
             raise ConfigError(f"trainer.max_epochs must be 0 or more, got {config.trainer.max_epochs}.")
         if config.trainer.enable_progress_bar is False and config.trainer.callbacks:
@@ -60,17 +102,19 @@ class CganCLI(LightningCLI):
         # forever, so DDP is told to look for unused parameters.
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
-        if config.ckpt_path:
-            self._resolve_ckpt_path()
+        root = _root(config.trainer.default_root_dir)
+        logger = config.trainer.logger
+        tensorboard = hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")
+        job_id = slurm_job_id()
+        if config.ckpt_path is None and job_id is not None and requeue_note(root, job_id).is_file():
+            config.ckpt_path = requeue_note(root, job_id).read_text().strip()
+            print(f"SLURM job {job_id} was requeued: resuming from {config.ckpt_path}", file=sys.stderr)
+        if config.ckpt_path is not None:
+            self._resolve_ckpt_path(tensorboard and logger.init_args.get("version") is None)
 
-    def _resolve_ckpt_path(self) -> None:
+    def _resolve_ckpt_path(self, tensorboard: bool) -> None:
         config = self.config
         logger = config.trainer.logger
-        tensorboard = (
-            hasattr(logger, "class_path")
-            and logger.class_path.endswith("TensorBoardLogger")
-            and logger.init_args.get("version") is None
-        )
         if config.ckpt_path == "last":
             root = (
                 Path(logger.init_args.save_dir) / (logger.init_args.name or "")
@@ -90,10 +134,14 @@ def run(args: list[str] | None = None) -> pl.Trainer:
     # The flag is per thread and OpenMP workers copy it when they start, so it is set before
     # building the model can start them.
     torch.set_flush_denormal(True)
+    if not _shipped("default").is_file():
+        raise ConfigError(
+            f"the default config {_shipped('default')} is missing: reinstall the package (pip install .)."
+        )
     if args is None:  # from the command line: LightningCLI reads sys.argv itself
-        sys.argv[1:] = _expand_aliases(sys.argv[1:])
+        sys.argv[1:] = _expand_args(sys.argv[1:])
     else:
-        args = _expand_aliases(list(args))
+        args = _expand_args(args)
     cli = CganCLI(
         CGAN,
         MNISTDataModule,
@@ -102,12 +150,12 @@ def run(args: list[str] | None = None) -> pl.Trainer:
         seed_everything_default=0,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []},
+        parser_kwargs={"default_config_files": [str(_shipped("default"))]},
     )
     # Check what can be checked before anything is written: the optimizers' values, and that a
     # checkpoint to resume is readable and fits the model.
     cli.model.configure_optimizers()
-    if cli.config.ckpt_path:
+    if cli.config.ckpt_path is not None:
         checkpoint.check_compatible(cli.model, checkpoint.load(cli.config.ckpt_path))
     # lightning_fabric sets this at import so that probing CUDA never initialises it before a
     # fork; with it set, every optimizer.step() re-loads NVML to ask whether CUDA is there (~5%
@@ -124,7 +172,21 @@ def main(args: list[str] | None = None) -> int:
     except CganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except SIGTERMException:
-        print("Stopped by SIGTERM; last.ckpt was saved. Resume with --ckpt_path last.", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Stopped as stop:
+        print(f"{stop} {_how_to_resume(stop)}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # before training started: nothing was written yet
+        print("Interrupted before training started.", file=sys.stderr)
+        return 130
     return 0
+
+
+def _how_to_resume(stop: Stopped) -> str:
+    if stop.requeued:
+        return f"SLURM job {stop.requeued} was requeued and resumes from it by itself."
+    config = stop.path.parent.parent / "config.yaml"  # written by LightningCLI into the run folder
+    return (
+        f"Resume with: --config {config} --ckpt_path {stop.path}"
+        if config.is_file()
+        else (f"Resume with: --ckpt_path {stop.path} and the config you trained with.")
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -105,20 +104,19 @@ def _unreadable_message(raw: Path, err: Exception) -> str:
     )
 
 
-class InMemoryLoader:
-    """Batches of a whole split held as one uint8 tensor on the training device.
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` over ``n`` items that can start an epoch at a given batch.
 
-    Yields ``(images (B, 1, 28, 28) float in [-1, 1], labels (B,) int64)``. The order is a
-    permutation drawn from ``(seed, epoch)`` and sharded across ranks exactly like
-    ``DistributedSampler`` (whose logic it reuses), so shuffling is reproducible across resume
-    and DDP. It implements Lightning's stateful-loader protocol so a run resumed mid-epoch
-    continues with the batches it had not trained yet.
+    The order is a permutation drawn from ``(seed, epoch)`` alone and sharded across ranks
+    exactly like ``DistributedSampler``, so shuffling is reproducible across resume and DDP.
+    ``state_dict()`` records the epoch and how many batches of it were trained (asked of
+    ``batches_done``: Lightning fetches a batch ahead, so only the trainer knows); after
+    ``load_state_dict`` the same epoch yields only the indices of the batches not trained yet.
     """
 
     def __init__(
         self,
-        images: Tensor,
-        labels: Tensor,
+        n: int,
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
@@ -126,35 +124,63 @@ class InMemoryLoader:
         world_size: int = 1,
         batches_done: Callable[[], int] | None = None,
     ) -> None:
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.sampler = DistributedSampler(
-            range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
-        )
-        # Lightning fetches one batch ahead, so the count of trained batches comes from the trainer.
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
         self._batches_done = batches_done
         self._resume: dict | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self._resume is not None:
+            if self._resume["epoch"] == self.epoch:
+                skip = self._resume["batches_done"]
+            self._resume = None
+        return iter(list(super().__iter__())[skip * self.batch_size :])
+
+    def state_dict(self) -> dict:
+        done = self._batches_done() if self._batches_done is not None else 0
+        return {"epoch": self.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+
+class _SamplerState:
+    """Lightning's stateful-loader protocol (``state_dict``/``load_state_dict``), kept by the loader's sampler."""
+
+    sampler: ResumableSampler
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class InMemoryLoader(_SamplerState):
+    """Batches of a whole split held as one uint8 tensor on the training device.
+
+    Yields ``(images (B, 1, 28, 28) float in [-1, 1], labels (B,) int64)`` in the order of a
+    ``ResumableSampler``, whose state it exposes (Lightning's stateful-loader protocol), so a
+    run resumed mid-epoch continues with the batches it had not trained yet.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, **sampler_args) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = ResumableSampler(len(images), batch_size, **sampler_args)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # A generator: the permutation is drawn at the first batch, after Lightning's set_epoch.
-        skip = 0
-        if self._resume is not None:
-            if self._resume["epoch"] == self.sampler.epoch and self._resume["batches_done"] < len(self):
-                skip = self._resume["batches_done"]
-            self._resume = None
-        order = torch.tensor(list(self.sampler), device=self.images.device)
-        for start in range(skip * self.batch_size, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch.
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
+        for idx in order.split(self.batch_size):
             yield scale(self.images.index_select(0, idx)), self.labels.index_select(0, idx)
 
-    def state_dict(self) -> dict:
-        done = self._batches_done() if self._batches_done is not None else 0
-        return {"epoch": self.sampler.epoch, "batches_done": done}
 
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = dict(state)
+class ResumableDataLoader(_SamplerState, DataLoader):
+    """A ``DataLoader`` over a ``ResumableSampler``: the seed's per-image path, resumable like the in-memory one."""
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -172,6 +198,8 @@ class MNISTDataModule(pl.LightningDataModule):
         in_memory: keep the split on the training device (fast); False uses a DataLoader.
         dataset: which torchvision MNIST-format dataset.
         download: try to download missing files (torchvision; offline it uses what is there).
+        seed: seed of the shuffling; the order of an epoch depends on ``(seed, epoch)`` only, the
+            same on both paths. Linked to ``seed_everything`` by the CLI.
     """
 
     def __init__(
@@ -182,6 +210,7 @@ class MNISTDataModule(pl.LightningDataModule):
         in_memory: bool = True,
         dataset: DatasetName = "MNIST",
         download: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -212,23 +241,23 @@ class MNISTDataModule(pl.LightningDataModule):
             self.train_set = open_split(hp.data_dir, hp.dataset, train=True, transform=tf)
 
     def train_dataloader(self):
-        hp = self.hparams
-        if not hp.in_memory:
-            return DataLoader(
-                self.train_set,
-                batch_size=hp.batch_size,
-                shuffle=True,
-                num_workers=hp.num_workers,
-                persistent_workers=hp.num_workers > 0,
-            )
-        trainer = self.trainer
+        hp, trainer = self.hparams, self.trainer
         progress = trainer.fit_loop.epoch_loop.batch_progress if trainer is not None else None
-        return InMemoryLoader(
-            *self.train_data,
+        sampler_args = dict(
             batch_size=hp.batch_size,
-            shuffle=True,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            seed=hp.seed,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
-            batches_done=(lambda: progress.current.completed) if progress is not None else None,
+            # batches of the epoch whose updates are done (counted before Lightning marks them
+            # completed, so a checkpoint written at a batch's end counts that batch)
+            batches_done=(lambda: progress.current.processed) if progress is not None else None,
+        )
+        if hp.in_memory:
+            return InMemoryLoader(*self.train_data, **sampler_args)
+        return ResumableDataLoader(
+            self.train_set,
+            batch_size=hp.batch_size,
+            sampler=ResumableSampler(len(self.train_set), **sampler_args),
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
@@ -19,6 +19,14 @@ from cgan.metrics import BatchMeans
 from cgan.models import recompute_batch_norm, training_mode
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+def reseed_global_rng(*key: int) -> None:
+    """Seed torch's global RNG (CPU and every GPU) from a tuple of non-negative integers.
+
+    The key is mixed by numpy's ``SeedSequence``, so nearby keys give unrelated streams.
+    """
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
 
 
 class CGAN(pl.LightningModule):
@@ -47,6 +55,9 @@ class CGAN(pl.LightningModule):
             for sample grids, metrics and generation. Its batch-norm statistics are recomputed
             for its own weights whenever it is used after an update.
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
+        seed: seed of the training noise and dropout: each batch draws from the global RNG
+            seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
+            exactly what the uninterrupted run drew. Linked to ``seed_everything`` by the CLI.
     """
 
     def __init__(
@@ -60,6 +71,7 @@ class CGAN(pl.LightningModule):
         loss: Literal["bce", "hinge"] = "bce",
         ema_decay: float | None = None,
         sample_seed: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -78,7 +90,7 @@ class CGAN(pl.LightningModule):
 
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
-        self.ema_decay = ema_decay
+        self.ema_decay, self.seed = ema_decay, seed
         self._ema_stats_stale = True
         self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
@@ -120,11 +132,8 @@ class CGAN(pl.LightningModule):
         scheds = [fn(opt) for fn, opt in zip(self.scheduler_fns, opts) if fn is not None]
         return opts, scheds
 
-    def on_train_epoch_start(self) -> None:
-        # Noise and dropout draw from the global RNG; re-deriving it from (seed, epoch, rank) makes
-        # a run resumed at an epoch boundary bit-identical to an uninterrupted one.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed((seed * 1_000_003 + self.current_epoch) * 1_009 + self.global_rank)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        reseed_global_rng(self.seed, self.current_epoch, batch_idx, self.global_rank)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -189,7 +198,20 @@ class CGAN(pl.LightningModule):
                     f"weight {name} is non-finite at epoch {self.current_epoch}: refusing to write a checkpoint "
                     f"with broken weights (the previous one is kept). Lower the learning rate or change the config."
                 )
+        # The epoch's running sums (zero at an epoch's end), one row per rank: a run resumed
+        # mid-epoch logs the same per-epoch means as an uninterrupted one.
+        sums = torch.cat([self.train_stats.total, self.train_stats.count[None]])
+        checkpoint["train_stats"] = self.all_gather(sums).reshape(-1, len(sums)).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_compatible(self, checkpoint)
         self._ema_stats_stale = True
+        sums = checkpoint.get("train_stats")
+        if sums is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if len(sums) != world:  # resumed on another number of processes: rank 0 carries the whole sums
+            sums = torch.cat([sums.sum(0, keepdim=True), sums.new_zeros(world - 1, sums.size(1))])
+        own = sums[self.global_rank]
+        self.train_stats.total.copy_(own[:-1])
+        self.train_stats.count.copy_(own[-1])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
-import time
+import hashlib
+import os
+import signal
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -31,16 +34,57 @@ def recorder(trainer: pl.Trainer) -> Recorder:
     return next(cb for cb in trainer.callbacks if isinstance(cb, Recorder))
 
 
-class SlowBatches(pl.Callback):
-    """Sleeps after every batch and marks the batches trained in a file, so a test can signal mid-epoch."""
+class BatchLog(pl.Callback):
+    """Appends ``epoch batch_idx digest`` to ``path`` as each batch starts: which data each batch held."""
 
-    def __init__(self, seconds: float = 0.05, marker: str = "progress.txt") -> None:
-        self.seconds, self.marker = seconds, marker
+    def __init__(self, path: str = "batches.txt") -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        Path(self.path + ".started").touch()  # lets a test signal once the loop runs
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        x, y = batch
+        digest = hashlib.sha1(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()[:16]
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.current_epoch} {batch_idx} {digest}\n")
+
+
+class SignalAt(pl.Callback):
+    """Sends ``signum`` to this process at one moment of batch ``batch`` of epoch ``epoch``.
+
+    ``point``: ``batch_start`` (between two batches), ``between_d_and_g`` (inside the training
+    step, after D's update and before G's), ``batch_end``, ``checkpoint_write`` (while the
+    epoch's checkpoint is being written; ``batch`` ignored) or ``epoch_end``.
+    """
+
+    def __init__(self, point: str, epoch: int, batch: int = 0, signum: int = int(signal.SIGTERM)) -> None:
+        self.point, self.epoch, self.batch, self.signum = point, epoch, batch, signum
+        self.sent = False
+
+    def _maybe(self, trainer, point: str, batch_idx: int | None = None) -> None:
+        if self.sent or point != self.point or trainer.current_epoch != self.epoch:
+            return
+        if batch_idx is not None and batch_idx != self.batch:
+            return
+        self.sent = True
+        os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe(trainer, "batch_start", batch_idx)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if optimizer is trainer.optimizers[0]:  # G's step: D's update of this batch is done
+            self._maybe(trainer, "between_d_and_g", trainer.fit_loop.epoch_loop.batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        time.sleep(self.seconds)
-        with open(self.marker, "a") as f:
-            f.write(f"{trainer.current_epoch} {batch_idx}\n")
+        self._maybe(trainer, "batch_end", batch_idx)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._maybe(trainer, "checkpoint_write")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._maybe(trainer, "epoch_end")
 
 
 class InjectNaN(pl.Callback):

@@ -42,6 +42,29 @@ def test_in_memory_and_dataloader_paths_give_identical_images(tiny_mnist):
         assert torch.equal(scale(images[i : i + 1])[0], x)
 
 
+def test_both_paths_give_the_same_batches_in_the_same_order_and_resume_alike(tiny_mnist):
+    fast, slow = (setup_dm(tiny_mnist, in_memory=m, seed=3, batch_size=20) for m in (True, False))
+
+    def epoch(dm, batches_done=None):
+        loader = dm.train_dataloader()
+        if batches_done is not None:
+            loader.load_state_dict({"epoch": 1, "batches_done": batches_done})
+        loader.sampler.set_epoch(1)
+        return list(loader)
+
+    full = epoch(fast)
+    assert len(full) == 10
+    for (x, y), (x2, y2) in zip(full, epoch(slow), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    for dm in (fast, slow):  # resumed after 4 batches: the other 6, nothing more
+        rest = epoch(dm, batches_done=4)
+        assert len(rest) == 6
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(rest, full[4:], strict=True))
+    other = setup_dm(tiny_mnist, seed=4, batch_size=20).train_dataloader()
+    other.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(other))[1], full[0][1])  # the order follows data.seed
+
+
 def test_shuffle_depends_on_seed_and_epoch_only():
     images = torch.arange(100, dtype=torch.uint8).repeat_interleave(784).view(100, 28, 28)
     labels = torch.arange(100) % 10

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,48 +45,6 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tiny_mnist, tmp_path, monk
     straight, split = last_ckpt(tmp_path / "straight"), last_ckpt(tmp_path / "split")
     assert straight["global_step"] == 2 * 4 * BATCHES
     assert_same_training_state(straight, split)
-
-
-def run_subprocess(cwd: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_sigterm_mid_epoch_saves_a_checkpoint_and_the_run_resumes_to_the_end(tiny_mnist, tmp_path):
-    args = [f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=3", "--trainer.callbacks+=helpers.SlowBatches"]
-    proc = run_subprocess(tmp_path, *args)
-    marker = tmp_path / "progress.txt"
-    deadline = time.time() + 120
-    while time.time() < deadline and "1 4\n" not in (marker.read_text() if marker.exists() else ""):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out
-    assert "Resume with --ckpt_path last" in out
-    stopped = last_ckpt(tmp_path)
-    done_in_epoch_1 = stopped["global_step"] // 2 - BATCHES
-    assert stopped["epoch"] == 1 and 5 <= done_in_epoch_1 < BATCHES  # saved mid-epoch
-
-    marker.unlink()
-    proc = run_subprocess(tmp_path, *args, "--ckpt_path=last")
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    resumed = [tuple(map(int, line.split())) for line in marker.read_text().splitlines()]
-    assert resumed[0] == (1, done_in_epoch_1)  # continues with the first batch not trained
-    assert [b for e, b in resumed if e == 1] == list(range(done_in_epoch_1, BATCHES))
-    assert [b for e, b in resumed if e == 2] == list(range(BATCHES))
-    final = last_ckpt(tmp_path)
-    assert final["global_step"] == 2 * 3 * BATCHES  # every batch of every epoch exactly once
-    assert final["epoch"] == 2
-    assert not list(tmp_path.rglob("*.tmp"))
-    assert not (tmp_path / "lightning_logs" / "version_1").exists()
 
 
 def test_a_nan_stops_training_with_the_message_and_keeps_the_last_good_checkpoint(tiny_mnist, in_tmp, capsys):

@@ -1,0 +1,105 @@
+"""Checkpoint files: atomic writes, finding the last one, and checking one before a resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from cgan.errors import CheckpointError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``PATH.tmp``, flushes it to disk, then renames it over ``PATH``.
+
+    A crash or a kill during a save leaves the previous checkpoint intact, never a half-written one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def find_last(root: Path) -> Path:
+    """The newest ``<root>/version_*/checkpoints/last.ckpt``."""
+    candidates = sorted(Path(root).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(
+            f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints/. "
+            f"Train first, or pass the path of a checkpoint."
+        )
+    return candidates[-1]
+
+
+def run_version(ckpt: Path) -> int | None:
+    """N when ``ckpt`` lies in ``.../version_N/checkpoints/``, so a resumed run keeps logging there."""
+    run = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).resolve().parent.name == "checkpoints" and run.name.startswith("version_"):
+        suffix = run.name[len("version_") :]
+        if suffix.isdigit():
+            return int(suffix)
+    return None
+
+
+def load(path) -> dict:
+    """Load a training checkpoint on the CPU, or explain why it cannot be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist. Pass an existing .ckpt file, or 'last'.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"It may be truncated or another kind of file: pick another checkpoint of the run."
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a cgan checkpoint (it has no 'state_dict'). Pick a .ckpt of a cgan run.")
+    return ckpt
+
+
+def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
+    """Raise a clear error unless ``checkpoint``'s weights fit ``module`` key for key and shape for shape."""
+    theirs = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in sorted(own.keys() - theirs.keys())]
+    problems += [f"unexpected {k}" for k in sorted(theirs.keys() - own.keys())]
+    problems += [
+        f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k in sorted(own.keys() & theirs.keys())
+        if theirs[k].shape != own[k].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise CheckpointError(
+            f"the checkpoint was made with a different architecture ({shown}). "
+            f"Use the config it was trained with (its run folder holds config.yaml: --config that file)."
+        )
+
+
+def load_module(path, device: str = "cpu"):
+    """The trained CGAN module of a checkpoint, in eval mode (needs no dataset)."""
+    from cgan.module import CGAN
+
+    load(path)  # clear errors for missing or unreadable files
+    try:
+        module = CGAN.load_from_checkpoint(path, map_location=device)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"could not rebuild the model from {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Checkpoints written by train.py carry their config; pass one of those."
+        ) from err
+    return module.eval()

@@ -1,0 +1,217 @@
+"""The conditional GAN as a LightningModule: alternating D and G updates, manual optimization."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from cgan.checkpoint import check_compatible
+from cgan.errors import ConfigError, DivergenceError
+from cgan.losses import LOSSES
+from cgan.metrics import BatchMeans
+from cgan.models import recompute_batch_norm, training_mode
+
+STATS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+def reseed_global_rng(*key: int) -> None:
+    """Seed torch's global RNG (CPU and every GPU) from a tuple of non-negative integers.
+
+    The key is mixed by numpy's ``SeedSequence``, so nearby keys give unrelated streams.
+    """
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+
+
+class CGAN(pl.LightningModule):
+    """A conditional GAN: G draws the digit it is asked for, D judges (image, label) pairs.
+
+    Each batch makes one D update (real vs. generated) and then one G update against the
+    updated D, as the seed does. G's output is computed once per batch and reused for both
+    updates; D scores the real and the generated images as one batch (our discriminators have
+    no batch statistics, so this is the same maths); during the G update D's parameters are
+    frozen, so each backward pass touches only the network it updates.
+
+    Logged per epoch (x-axis: batches trained): ``train/d_loss``, ``train/g_loss``,
+    ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
+    probabilities.
+
+    Args:
+        generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
+            and ``num_classes``.
+        discriminator: ``(x (B, 1, 28, 28), y (B,)) -> logits (B,)``.
+        g_optimizer: builds G's optimizer from its parameters (from the config, e.g. Adam lr 0.001).
+        d_optimizer: builds D's optimizer from its parameters.
+        g_scheduler: optional LR scheduler for G, stepped once per epoch.
+        d_scheduler: optional LR scheduler for D, stepped once per epoch.
+        loss: ``bce`` (the seed's, non-saturating for G) or ``hinge``.
+        ema_decay: if set, an exponential moving average of G's weights is kept and used
+            for sample grids, metrics and generation. Its batch-norm statistics are recomputed
+            for its own weights whenever it is used after an update.
+        sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
+        seed: seed of the training noise and dropout: each batch draws from the global RNG
+            seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
+            exactly what the uninterrupted run drew. Linked to ``seed_everything`` by the CLI.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        g_optimizer: OptimizerCallable,
+        d_optimizer: OptimizerCallable,
+        g_scheduler: LRSchedulerCallable | None = None,
+        d_scheduler: LRSchedulerCallable | None = None,
+        loss: Literal["bce", "hinge"] = "bce",
+        ema_decay: float | None = None,
+        sample_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
+        # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
+        # load_from_checkpoint rebuilds them. Built in Python they are objects: keep them out.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        objects = [k for k in ("generator", "discriminator") if isinstance(self.hparams.get(k), nn.Module)]
+        if objects:
+            self.remove_ignored_hparams(objects)
+        self.automatic_optimization = False
+
+        self.generator, self.discriminator = generator, discriminator
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
+        self.ema_decay, self.seed = ema_decay, seed
+        self._ema_stats_stale = True
+        self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
+        self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
+        self.scheduler_fns = (g_scheduler, d_scheduler)
+        self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
+        self.train_stats = BatchMeans(STATS)
+
+        noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
+        self.register_buffer("sample_noise", noise)
+        self.register_buffer("sample_labels", torch.arange(self.num_classes).repeat_interleave(10))
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator used for pictures and metrics: the EMA copy when there is one."""
+        if self.generator_ema is None:
+            return self.generator
+        if self._ema_stats_stale:
+            recompute_batch_norm(self.generator_ema, seed=self.hparams.sample_seed)
+            self._ema_stats_stale = False
+        return self.generator_ema
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, y: Tensor) -> Tensor:
+        """Images ``(B, 1, 28, 28)`` in [-1, 1] from the sampling generator in eval mode."""
+        with training_mode(self.sampler, False) as g:
+            return g(z, y)
+
+    def configure_optimizers(self):
+        opts = []
+        for name, net in (("g_optimizer", self.generator), ("d_optimizer", self.discriminator)):
+            try:
+                opt = self.optimizer_fns[name](net.parameters())
+            except ValueError as err:
+                raise ConfigError(f"model.{name}: {err}. Use values in range, e.g. a positive lr.") from err
+            lr = opt.param_groups[0].get("lr", 1.0)
+            if not lr > 0:
+                raise ConfigError(f"model.{name}: the learning rate must be positive, got {lr}.")
+            opts.append(opt)
+        scheds = [fn(opt) for fn, opt in zip(self.scheduler_fns, opts) if fn is not None]
+        return opts, scheds
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        reseed_global_rng(self.seed, self.current_epoch, batch_idx, self.global_rank)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        opt_g, opt_d = self.optimizers()
+        z = torch.randn(x.size(0), self.noise_dim, device=x.device)
+        fake = self.generator(z, y)
+
+        # Real and generated images go through D as one batch of 2B (same maths, one matmul each).
+        logits = self.discriminator(torch.cat([x, fake.detach()]), torch.cat([y, y]))
+        d_real, d_fake = logits.split(x.size(0))
+        d_loss = self.d_loss_fn(d_real, d_fake)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+
+        self.discriminator.requires_grad_(False)
+        g_loss = self.g_loss_fn(self.discriminator(fake, y))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.discriminator.requires_grad_(True)
+
+        if self.generator_ema is not None:
+            self._update_ema()
+        with torch.no_grad():
+            stats = torch.stack([d_loss, g_loss, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()])
+            self.train_stats.update(stats.float())
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self._check_finite(f"batch {batch_idx + 1}")
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        ema, live = self.generator_ema, self.generator
+        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - self.ema_decay)
+        self._ema_stats_stale = True
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite("the end of the epoch")
+        means = self.train_stats.compute()
+        self.train_stats.reset()
+        self.log_dict({f"train/{name}": value for name, value in zip(STATS, means)})  # synced by compute()
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            sched.step()
+
+    def _check_finite(self, where: str) -> None:
+        """Stop with a clear message once a loss of this epoch is NaN or infinite (one host sync)."""
+        totals = self.train_stats.total[:2]
+        if bool(torch.isfinite(totals).all()):
+            return
+        bad = [name for name, v in zip(STATS, totals) if not torch.isfinite(v)]
+        raise DivergenceError(
+            f"{' and '.join(bad)} became non-finite in epoch {self.current_epoch} (detected at {where}, "
+            f"global step {self.global_step}). Training stopped; the last saved checkpoint was kept. "
+            f"Lower the learning rate or change the config, then resume from that checkpoint or start again."
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for name, t in self.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise DivergenceError(
+                    f"weight {name} is non-finite at epoch {self.current_epoch}: refusing to write a checkpoint "
+                    f"with broken weights (the previous one is kept). Lower the learning rate or change the config."
+                )
+        # The epoch's running sums (zero at an epoch's end), one row per rank: a run resumed
+        # mid-epoch logs the same per-epoch means as an uninterrupted one.
+        sums = torch.cat([self.train_stats.total, self.train_stats.count[None]])
+        checkpoint["train_stats"] = self.all_gather(sums).reshape(-1, len(sums)).cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_compatible(self, checkpoint)
+        self._ema_stats_stale = True
+        sums = checkpoint.get("train_stats")
+        if sums is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if len(sums) != world:  # resumed on another number of processes: rank 0 carries the whole sums
+            sums = torch.cat([sums.sum(0, keepdim=True), sums.new_zeros(world - 1, sums.size(1))])
+        own = sums[self.global_rank]
+        self.train_stats.total.copy_(own[:-1])
+        self.train_stats.count.copy_(own[-1])
