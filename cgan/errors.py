@@ -19,3 +19,9 @@ class CheckpointError(CganError):
 
 class DivergenceError(CganError):
     """A loss or a weight became NaN or infinite during training."""
+
+
+def reason(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` of an underlying error, for a CganError's message to quote."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__

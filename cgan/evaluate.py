@@ -16,16 +16,16 @@ import time
 
 import torch
 
-from cgan.checkpoint import load_module
 from cgan.classifier import load_classifier
 from cgan.data import download, load_split
 from cgan.errors import CganError
 from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
+from cgan.module import CGAN
 
 
 def evaluate(ckpt: str, data_dir: str, per_class: int = 1000, seed: int = 1234, ema: bool = True) -> dict:
     """``{"generated": scores, "real": scores}`` as computed by ``DigitQuality``."""
-    module = load_module(ckpt)
+    module = CGAN.from_checkpoint(ckpt)
     download(data_dir)
     quality = DigitQuality(load_classifier())
     for images, labels in scaled_batches(*load_split(data_dir, train=False)):

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from cgan.checkpoint import load_module
 from cgan.errors import CganError
+from cgan.module import CGAN
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ def main(args: list[str] | None = None) -> int:
     if opts.out.suffix not in (".png", ".npz"):
         parser.error(f"--out must end in .png or .npz, got {opts.out}")
     try:
-        module = load_module(opts.ckpt)
+        module = CGAN.from_checkpoint(opts.ckpt)
     except CganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
