@@ -67,6 +67,10 @@ def load(path) -> dict:
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Pass an existing .ckpt file, or 'last'.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes). It was not written completely: pick another checkpoint of the run."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

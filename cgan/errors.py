@@ -22,6 +22,6 @@ class DivergenceError(CganError):
 
 
 def reason(err: BaseException) -> str:
-    """``"TypeName: first line of the message"`` of an underlying error, for a CganError's message to quote."""
+    """``"TypeName: first sentence of the message"`` of an underlying error, for a CganError's message to quote."""
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+    return f"{type(err).__name__}: {lines[0].split('. ')[0][:200]}" if lines else type(err).__name__
