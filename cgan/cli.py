@@ -60,7 +60,7 @@ class CganCLI(LightningCLI):
         # forever, so DDP is told to look for unused parameters.
         if config.trainer.strategy == "ddp":
             config.trainer.strategy = "ddp_find_unused_parameters_true"
-        if config.ckpt_path:
+        if config.ckpt_path is not None:
             self._resolve_ckpt_path()
 
     def _resolve_ckpt_path(self) -> None:
@@ -107,7 +107,7 @@ def run(args: list[str] | None = None) -> pl.Trainer:
     # Check what can be checked before anything is written: the optimizers' values, and that a
     # checkpoint to resume is readable and fits the model.
     cli.model.configure_optimizers()
-    if cli.config.ckpt_path:
+    if cli.config.ckpt_path is not None:
         checkpoint.check_compatible(cli.model, checkpoint.load(cli.config.ckpt_path))
     # lightning_fabric sets this at import so that probing CUDA never initialises it before a
     # fork; with it set, every optimizer.step() re-loads NVML to ask whether CUDA is there (~5%
