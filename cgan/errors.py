@@ -17,6 +17,10 @@ class CheckpointError(CganError):
     """A checkpoint is missing, unreadable, or belongs to another architecture."""
 
 
+class OutputError(CganError):
+    """An output file cannot be written where it was asked for."""
+
+
 class DivergenceError(CganError):
     """A loss or a weight became NaN or infinite during training."""
 
