@@ -48,7 +48,7 @@ def _missing_message(data_dir: str, dataset: str, why: str) -> str:
     return (
         f"{dataset} was not found in {raw} and could not be downloaded ({why}).\n"
         f"Put the four official files there (the .gz files, or the extracted ones):\n{names}\n"
-        f"or pass --data.data_dir pointing at a folder that holds {dataset}/raw/."
+        f"or pass --data.data_dir (cgan-evaluate: --data_dir) pointing at a folder that holds {dataset}/raw/."
     )
 
 
