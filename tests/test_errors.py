@@ -123,53 +123,53 @@ def rewrite_header_count(path, count: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def write_split(raw, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    write_idx(raw / RAW_NAMES[(split, "images")], images)
+    write_idx(raw / RAW_NAMES[(split, "labels")], labels)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        (
+        pytest.param(
             lambda raw: rewrite_header_count(raw / "train-images-idx3-ubyte", N_TRAIN + 1),
             f"train-images-idx3-ubyte is truncated or corrupt: its header announces {N_TRAIN + 1} x 28 x 28 values, "
             f"{16 + (N_TRAIN + 1) * 784} bytes in all, but it has {16 + N_TRAIN * 784} bytes.",
+            id="more-images-announced",
         ),
-        (
+        pytest.param(
             lambda raw: rewrite_header_count(raw / "t10k-labels-idx1-ubyte", N_TEST + 5),
             f"t10k-labels-idx1-ubyte is truncated or corrupt: its header announces {N_TEST + 5} values, "
             f"{8 + N_TEST + 5} bytes in all, but it has {8 + N_TEST} bytes.",
+            id="more-labels-announced",
         ),
-        (
+        pytest.param(
             lambda raw: write_idx(raw / "train-labels-idx1-ubyte", fake_digits(N_TRAIN - 1, 0)[1]),
             f"train-labels-idx1-ubyte is truncated or corrupt: it holds {N_TRAIN - 1} labels but "
             f"train-images-idx3-ubyte holds {N_TRAIN} images.",
+            id="too-few-labels",
         ),
-        (
+        pytest.param(
             lambda raw: write_idx(raw / "t10k-labels-idx1-ubyte", np.full(N_TEST, 12, dtype=np.uint8)),
             "t10k-labels-idx1-ubyte is truncated or corrupt: it holds labels outside 0-9 (up to 12).",
+            id="label-12",
         ),
-        (
+        pytest.param(
             lambda raw: write_idx(raw / "train-labels-idx1-ubyte", fake_digits(N_TRAIN, 0)[0]),
             "train-labels-idx1-ubyte is truncated or corrupt: it starts with 00 00 08 03, where an IDX file of labels "
             "starts with 00 00 08 01.",
+            id="images-as-labels",
         ),
-        (
+        pytest.param(
             lambda raw: write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((N_TEST, 32, 32), dtype=np.uint8)),
             "t10k-images-idx3-ubyte is truncated or corrupt: its images are 32 x 32 pixels, not 28 x 28.",
+            id="32x32-images",
         ),
-        (
-            lambda raw: [
-                write_idx(raw / "train-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8)),
-                write_idx(raw / "train-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8)),
-            ],
+        pytest.param(
+            lambda raw: write_split(raw, "train", np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)),
             "train-images-idx3-ubyte is truncated or corrupt: it holds no images.",
+            id="empty-split",
         ),
-    ],
-    ids=[
-        "more-images-announced",
-        "more-labels-announced",
-        "too-few-labels",
-        "bad-label",
-        "images-as-labels",
-        "32x32",
-        "empty-split",
     ],
 )
 @pytest.mark.parametrize("download_flag", ["true", "false"])
@@ -257,71 +257,100 @@ def test_a_bad_checkpoint_to_evaluate_is_explained(kind, saved, tmp_path, capfd)
 @pytest.mark.parametrize(
     "args, code_wanted, message",
     [
-        (["--per-digit", "0"], 2, "error: --per-digit must be positive, got 0"),
-        (["--per-digit", "-3"], 2, "error: --per-digit must be positive, got -3"),
-        (["--per-digit", "x"], 2, "error: argument --per-digit: invalid int value: 'x'"),
-        (["--digits", "10"], 2, "error: argument --digits: invalid choice: 10"),
-        (["--out", "grid.jpg"], 2, "error: --out must end in .png or .npz, got grid.jpg"),
-        (["--out", "grid"], 2, "error: --out must end in .png or .npz, got grid"),
-        (["--seed", "-1"], 2, "error: --seed must be between 0 and 2**64 - 1, got -1"),
-        (["--seed", str(2**64)], 2, f"error: --seed must be between 0 and 2**64 - 1, got {2**64}"),
-        (
+        pytest.param(["--per-digit", "0"], 2, "error: --per-digit must be positive, got 0", id="per-digit-0"),
+        pytest.param(["--per-digit", "-3"], 2, "error: --per-digit must be positive, got -3", id="per-digit-negative"),
+        pytest.param(["--per-digit", "x"], 2, "error: argument --per-digit: invalid int value: 'x'", id="per-digit-x"),
+        pytest.param(["--digits", "10"], 2, "error: argument --digits: invalid choice: 10", id="digit-10"),
+        pytest.param(["--out", "grid.jpg"], 2, "error: --out must end in .png or .npz, got grid.jpg", id="out-jpg"),
+        pytest.param(["--out", "grid"], 2, "error: --out must end in .png or .npz, got grid", id="out-no-suffix"),
+        pytest.param(["--seed", "-1"], 2, "error: --seed must be between 0 and 2**64 - 1, got -1", id="seed-negative"),
+        pytest.param(
+            ["--seed", str(2**64)], 2, f"error: --seed must be between 0 and 2**64 - 1, got {2**64}", id="seed-2**64"
+        ),
+        pytest.param(
             ["--out", "{tmp}/a_file/grid.png"],
             1,
-            "error: cannot write {tmp}/a_file/grid.png: {tmp}/a_file is a file, "
-            "not a folder. Pass an --out in a folder you can write to.",
+            "error: cannot write {tmp}/a_file/grid.png: {tmp}/a_file is a file, not a folder. "
+            "Pass an --out in a folder you can write to.",
+            id="out-under-a-file",
         ),
-        (
+        pytest.param(
             ["--out", "{tmp}/a_file/deeper/s.npz"],
             1,
             "error: cannot write {tmp}/a_file/deeper/s.npz: {tmp}/a_file is a file, not a folder.",
+            id="out-deeper-under-a-file",
         ),
-        (["--out", "{tmp}/a_folder.png"], 1, "error: cannot write {tmp}/a_folder.png: Is a directory. Pass an --out"),
+        pytest.param(
+            ["--out", "{tmp}/a_folder.png"],
+            1,
+            "error: cannot write {tmp}/a_folder.png: Is a directory. Pass an --out",
+            id="out-is-a-folder",
+        ),
     ],
 )
-def test_bad_generate_flags_are_explained(args, code_wanted, message, saved, tmp_path, capfd):
+def test_bad_generate_flags_are_explained(args, code_wanted, message, saved, tmp_path, in_tmp, capfd):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "a_folder.png").mkdir()
     args = [arg.format(tmp=tmp_path) for arg in args]
     code, output = outcome(generate.main, ["--ckpt", str(saved[0]), *args], capfd)
     assert_refused(code, output, message.format(tmp=tmp_path), code_wanted)
-
-
-def few_test_digits(root) -> str:
-    """A data folder whose test split holds a single 9."""
-    data = make_mnist(root / "few", N_TRAIN, 19)
-    return str(data)
+    assert not (in_tmp / "samples.png").exists()
 
 
 @pytest.mark.parametrize(
     "args, code_wanted, message",
     [
-        (["--per-class", "0"], 2, "error: --per-class must be 2 or more (FID needs two digits of each class), got 0"),
-        (["--per-class", "1"], 2, "error: --per-class must be 2 or more (FID needs two digits of each class), got 1"),
-        (["--per-class", "x"], 2, "error: argument --per-class: invalid int value: 'x'"),
-        (["--seed", "-5"], 2, "error: --seed must be between 0 and 2**64 - 1, got -5"),
-        (["--per-class", "2"], 1, "error: --per-class 2 draws 20 real training digits, only "),
-        (
+        pytest.param(
+            ["--per-class", "0"],
+            2,
+            "error: --per-class must be 2 or more (FID needs two digits of each class), got 0",
+            id="per-class-0",
+        ),
+        pytest.param(
+            ["--per-class", "1"],
+            2,
+            "error: --per-class must be 2 or more (FID needs two digits of each class), got 1",
+            id="per-class-1",
+        ),
+        pytest.param(["--per-class", "x"], 2, "error: argument --per-class: invalid int value: 'x'", id="per-class-x"),
+        pytest.param(["--seed", "-5"], 2, "error: --seed must be between 0 and 2**64 - 1, got -5", id="seed-negative"),
+        pytest.param(
+            ["--per-class", "2"],
+            1,
+            "error: --per-class 2 draws 20 real training digits, only ",
+            id="per-class-too-few-real-digits",
+        ),
+        pytest.param(
             ["--data_dir", "{tmp}/nowhere"],
             1,
             "error: MNIST was not found in {tmp}/nowhere/MNIST/raw and could not be downloaded",
+            id="data-missing",
         ),
-        (["--data_dir", "{tmp}/a_file"], 1, "error: MNIST was not found in {tmp}/a_file/MNIST/raw"),
-        (
+        pytest.param(
+            ["--data_dir", "{tmp}/a_file"], 1, "error: MNIST was not found in {tmp}/a_file/MNIST/raw", id="data-a-file"
+        ),
+        pytest.param(
             ["--data_dir", "{few}"],
             1,
-            "error: the test split in {few} holds 1 of digit 9, and the per-class FID needs "
-            "at least 2 of each digit. Use the official test files.",
+            "error: the test split in {few} holds 1 of digit 9, and the per-class FID needs at least 2 of each digit. "
+            "Use the official test files.",
+            id="data-one-test-9",
         ),
-        (["--data_dir", "{cut}"], 1, "error: {cut}/MNIST/raw/t10k-labels-idx1-ubyte is truncated or corrupt"),
+        pytest.param(
+            ["--data_dir", "{cut}"],
+            1,
+            "error: {cut}/MNIST/raw/t10k-labels-idx1-ubyte is truncated or corrupt",
+            id="data-cut",
+        ),
     ],
 )
-def test_bad_evaluate_flags_and_data_are_explained(args, code_wanted, message, saved, tmp_path, offline, capfd):
+def test_bad_evaluate_flags_and_data_are_explained(args, code_wanted, message, saved, tmp_path, in_tmp, offline, capfd):
     good, data = saved
     (tmp_path / "a_file").write_text("not a folder")
     cut_data = make_mnist(tmp_path / "cut", N_TRAIN, N_TEST)
     cut(cut_data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", 4)
-    names = {"tmp": tmp_path, "few": few_test_digits(tmp_path), "cut": cut_data}
+    few = make_mnist(tmp_path / "few", N_TRAIN, 19)  # labels 0-9 then 0-8: a single 9
+    names = {"tmp": tmp_path, "few": few, "cut": cut_data}
     args = ["--data_dir", str(data), "--per-class", "20", *(arg.format(**names) for arg in args)]
     code, output = outcome(evaluate.main, ["--ckpt", str(good), *args], capfd)
     assert_refused(code, output, message.format(**names), code_wanted)
