@@ -102,11 +102,11 @@ class CGAN(pl.LightningModule):
         generator included. Raises ``CheckpointError`` when that cannot be done.
         """
         ckpt = load_checkpoint(path)
-        # the instantiator is the one Lightning records; instantiate_module is that function
-        hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k != "_instantiator"}
         try:
+            # "_instantiator" names the function LightningCLI rebuilds modules with: this one
+            hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k != "_instantiator"}
             module = instantiate_module(cls, hparams)
-        except Exception as err:
+        except Exception as err:  # no or broken hyperparameters, a class path that does not import, ...
             raise CheckpointError(
                 f"could not rebuild the model from {path} ({reason(err)}). "
                 f"Checkpoints written by train.py carry their config; pass one of those."
