@@ -87,9 +87,17 @@ def test_from_checkpoint_rebuilds_the_module_with_every_weight_in_eval_mode(conf
     assert all(torch.equal(state[k], expected[k]) for k in state)
 
 
-def test_from_checkpoint_refuses_a_checkpoint_without_its_config(tmp_path):
-    module = CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam)  # built in Python: no class paths
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"loss": "bce"}}, tmp_path / "py.ckpt")
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {"loss": "bce"},  # built in Python: the networks were objects, not class paths
+        None,
+        {"generator": {"class_path": "cgan.models.NoSuchNet"}, "discriminator": {"class_path": "cgan.models.Nope"}},
+    ],
+)
+def test_from_checkpoint_refuses_a_checkpoint_without_its_config(hparams, tmp_path):
+    module = CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, tmp_path / "py.ckpt")
     with pytest.raises(CheckpointError, match="could not rebuild the model from .*py.ckpt .*Checkpoints written by"):
         CGAN.from_checkpoint(tmp_path / "py.ckpt")
 
