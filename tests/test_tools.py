@@ -14,8 +14,12 @@ from PIL import Image
 
 from cgan import evaluate, generate
 from cgan.cli import run
+from cgan.errors import CheckpointError
+from cgan.models import Discriminator, Generator
+from cgan.module import CGAN
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +67,39 @@ def test_generate_is_reproducible_by_seed_and_interpolates(trained, tmp_path):
     walk = np.load(c)["images"].astype(float)
     steps = np.abs(np.diff(walk, axis=0)).mean(axis=(1, 2))
     assert steps.max() < np.abs(walk[0] - walk[-1]).mean()  # neighbours closer than the ends
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "dcgan.yaml"])
+def test_from_checkpoint_rebuilds_the_module_with_every_weight_in_eval_mode(config, tiny_mnist, in_tmp):
+    args = [f"--config={CONFIGS / config}", f"--data.data_dir={tiny_mnist}", "--trainer.enable_model_summary=false"]
+    trainer = run([*args, "--max_epochs=0"])
+    saved = trainer.lightning_module
+    with torch.no_grad():  # weights no fresh module has, and an EMA generator unlike the live one
+        for p in saved.parameters():
+            p.add_(torch.randn_like(p))
+    trainer.save_checkpoint(in_tmp / "m.ckpt")
+    module = CGAN.from_checkpoint(in_tmp / "m.ckpt")
+    assert type(module.generator) is type(saved.generator)
+    assert (module.generator_ema is not None) == (config == "dcgan.yaml")
+    assert not module.training and not module.generator.training
+    state, expected = module.state_dict(), saved.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+
+
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {"loss": "bce"},  # built in Python: the networks were objects, not class paths
+        None,
+        {"generator": {"class_path": "cgan.models.NoSuchNet"}, "discriminator": {"class_path": "cgan.models.Nope"}},
+    ],
+)
+def test_from_checkpoint_refuses_a_checkpoint_without_its_config(hparams, tmp_path):
+    module = CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, tmp_path / "py.ckpt")
+    with pytest.raises(CheckpointError, match="could not rebuild the model from .*py.ckpt .*Checkpoints written by"):
+        CGAN.from_checkpoint(tmp_path / "py.ckpt")
 
 
 def test_a_digit_outside_0_9_is_refused(trained, capsys):
