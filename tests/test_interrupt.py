@@ -186,6 +186,8 @@ def timed_config(tmp_path: Path, every_minutes: float) -> Path:
     for cb in callbacks:
         if cb["class_path"].endswith("LastCheckpoint"):
             cb["init_args"] = {"every_minutes": every_minutes}
+        if cb["class_path"].endswith("DigitMetrics"):
+            cb["init_args"] = {"per_class": 100}  # as the in-process runs (conftest)
     callbacks.append({"class_path": "helpers.BatchLog"})
     path = tmp_path / "timed.yaml"
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))

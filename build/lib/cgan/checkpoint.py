@@ -1,4 +1,7 @@
-"""Checkpoint files: atomic writes, finding the last one, and checking one before a resume."""
+"""Checkpoint files: atomic writes, finding the last one, loading one and checking it before a resume.
+
+File handling only: rebuilding the model from a checkpoint is ``CGAN.from_checkpoint``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from cgan.errors import CheckpointError
+from cgan.errors import CheckpointError, reason
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -54,14 +57,25 @@ def run_version(ckpt: Path) -> int | None:
 
 def load(path) -> dict:
     """Load a training checkpoint on the CPU, or explain why it cannot be one."""
+    if path is None or str(path).strip() == "":  # Path("") would be the current folder
+        raise CheckpointError("the checkpoint path is empty. Pass the path of a .ckpt file.")
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a file. Pass a .ckpt file "
+            f"(a run keeps them in lightning_logs/version_N/checkpoints/)."
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Pass an existing .ckpt file, or 'last'.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes). It was not written completely: pick another checkpoint of the run."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"{path} is not a readable checkpoint ({reason(err)}). "
             f"It may be truncated or another kind of file: pick another checkpoint of the run."
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -86,20 +100,3 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
             f"the checkpoint was made with a different architecture ({shown}). "
             f"Use the config it was trained with (its run folder holds config.yaml: --config that file)."
         )
-
-
-def load_module(path, device: str = "cpu"):
-    """The trained CGAN module of a checkpoint, in eval mode (needs no dataset)."""
-    from cgan.module import CGAN
-
-    load(path)  # clear errors for missing or unreadable files
-    try:
-        module = CGAN.load_from_checkpoint(path, map_location=device)
-    except CheckpointError:
-        raise
-    except Exception as err:
-        raise CheckpointError(
-            f"could not rebuild the model from {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Checkpoints written by train.py carry their config; pass one of those."
-        ) from err
-    return module.eval()

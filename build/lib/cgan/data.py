@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import check_integrity
 
-from cgan.errors import ConfigError, DataError
+from cgan.errors import ConfigError, DataError, reason
 
 DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
 
@@ -32,7 +33,7 @@ def _dataset_class(dataset: str) -> type[datasets.MNIST]:
     return getattr(datasets, dataset)
 
 
-def _missing_message(data_dir: str, dataset: str, reason: str) -> str:
+def _missing_message(data_dir: str, dataset: str, why: str) -> str:
     cls = _dataset_class(dataset)
     raw = Path(data_dir) / dataset / "raw"
     names = "\n".join(f"  {name}" for name, _ in cls.resources)
@@ -40,68 +41,137 @@ def _missing_message(data_dir: str, dataset: str, reason: str) -> str:
     if bad:
         return (
             f"{dataset} files in {raw} are corrupt or truncated (checksum mismatch: {', '.join(bad)}) "
-            f"and fresh copies could not be downloaded ({reason}).\n"
+            f"and fresh copies could not be downloaded ({why}).\n"
             f"Delete them and copy the official files there again."
         )
     return (
-        f"{dataset} was not found in {raw} and could not be downloaded ({reason}).\n"
+        f"{dataset} was not found in {raw} and could not be downloaded ({why}).\n"
         f"Put the four official files there (the .gz files, or the extracted ones):\n{names}\n"
-        f"or pass --data.data_dir pointing at a folder that holds {dataset}/raw/."
+        f"or pass --data.data_dir (cgan-evaluate: --data_dir) pointing at a folder that holds {dataset}/raw/."
     )
 
 
+def _extracted(raw: Path, dataset: str) -> bool:
+    """Whether all four extracted files are there (torchvision then reads them and never looks at the .gz)."""
+    return all((raw / Path(name).stem).is_file() for name, _ in _dataset_class(dataset).resources)
+
+
 def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
-    """Fetch both splits with torchvision (a no-op when the files are already under ``<data_dir>/<dataset>/raw``)."""
-    cls = _dataset_class(dataset)
+    """Make sure both splits are under ``<data_dir>/<dataset>/raw`` and well-formed, or raise a DataError.
+
+    Missing files are fetched or extracted from their .gz by torchvision (offline, the .gz files
+    are used when they pass their checksums); then the extracted files are checked. It runs in
+    ``prepare_data``, before the trainer makes a run folder, so a bad file stops a run before it
+    writes anything.
+    """
     raw = Path(data_dir) / dataset / "raw"
-    for train in (True, False):
+    if not _extracted(raw, dataset):
         try:
-            cls(data_dir, train=train, download=True)
-        except (RuntimeError, OSError) as err:
-            if all((raw / Path(name).stem).exists() for name, _ in cls.resources):
-                raise DataError(_unreadable_message(raw, err)) from err  # there, but not readable
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            raise DataError(_missing_message(data_dir, dataset, lines[-1] if lines else type(err).__name__)) from err
+            _dataset_class(dataset)(data_dir, train=False, download=True)  # fetches and extracts all four files
+        except Exception as err:  # offline, a corrupt .gz, a folder that cannot be written, ...
+            if not _extracted(raw, dataset):
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                raise DataError(
+                    _missing_message(data_dir, dataset, lines[-1] if lines else type(err).__name__)
+                ) from err
+            # extracted but not readable: check_files below says which file and why
+    check_files(data_dir, dataset)
+
+
+def check_files(data_dir: str, dataset: DatasetName = "MNIST") -> None:
+    """Raise a DataError unless both splits' extracted files are there, complete, and agree (see ``_check_split``)."""
+    _require_extracted(data_dir, dataset)
+    for train in (True, False):
+        _check_split(Path(data_dir) / dataset / "raw", train)
+
+
+def _require_extracted(data_dir: str, dataset: str) -> None:
+    """Raise a DataError saying what to do when an extracted file is missing (the .gz files are not read)."""
+    raw = Path(data_dir) / dataset / "raw"
+    if _extracted(raw, dataset):
+        return
+    if all((raw / name).exists() for name, _ in _dataset_class(dataset).resources):
+        raise DataError(
+            f"{dataset} in {raw} is only there as .gz files. Run with --data.download true (the "
+            f"default): it extracts them without going online."
+        )
+    raise DataError(_missing_message(data_dir, dataset, "download is off"))
+
+
+def _check_split(raw: Path, train: bool) -> None:
+    """Check one split's two IDX files from their headers and sizes, and the labels' values.
+
+    Reads a few kB (the headers and the labels), not the images, so it is cheap enough to run
+    before every read. torchvision's reader would fail on these files with a bare ValueError or
+    AssertionError, or not at all (a labels file with too few labels).
+    """
+    split = "train" if train else "t10k"
+    images_path, labels_path = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+    images = _idx_dims(images_path, 3)
+    labels = _idx_dims(labels_path, 1)
+    if images[1:] != (28, 28):
+        raise _bad_file(images_path, f"its images are {images[1]} x {images[2]} pixels, not 28 x 28")
+    if images[0] == 0:
+        raise _bad_file(images_path, "it holds no images")
+    if labels[0] != images[0]:
+        raise _bad_file(labels_path, f"it holds {labels[0]} labels but {images_path.name} holds {images[0]} images")
+    largest = max(labels_path.read_bytes()[8:])
+    if largest > 9:
+        raise _bad_file(labels_path, f"it holds labels outside 0-9 (up to {largest})")
+
+
+def _idx_dims(path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions in the header of an IDX file of unsigned bytes, checked against the file's size."""
+    header_size = 4 + 4 * ndim
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(header_size)
+    except OSError as err:
+        raise DataError(f"could not read {path}: {err.strerror or err}. Make it a readable file.") from err
+    if len(header) < header_size:
+        raise _bad_file(path, f"it has {size} bytes, fewer than the {header_size} bytes of its header")
+    magic = bytes([0, 0, 0x08, ndim])  # unsigned bytes, ndim dimensions
+    if header[:4] != magic:
+        kind = "images" if ndim == 3 else "labels"
+        raise _bad_file(
+            path, f"it starts with {header[:4].hex(' ')}, where an IDX file of {kind} starts with {magic.hex(' ')}"
+        )
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        shape = " x ".join(map(str, dims))
+        raise _bad_file(path, f"its header announces {shape} values, {expected} bytes in all, but it has {size} bytes")
+    return dims
+
+
+def _bad_file(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"{path} is truncated or corrupt: {problem}.\n"
+        f"Delete it and run again (it is extracted again from {path.name}.gz, or downloaded), "
+        f"or copy the official file there again."
+    )
 
 
 def open_split(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True, transform=None) -> datasets.MNIST:
     """The torchvision dataset of one split, with a clear error when its files are missing or unreadable."""
-    cls = _dataset_class(dataset)
     raw = Path(data_dir) / dataset / "raw"
+    _require_extracted(data_dir, dataset)
+    _check_split(raw, train)
     try:
-        ds = cls(data_dir, train=train, transform=transform, download=False)
-    except RuntimeError as err:
-        if "Dataset not found" in str(err):
-            if all((raw / name).exists() for name, _ in cls.resources):
-                raise DataError(
-                    f"{dataset} in {raw} is only there as .gz files. Run with --data.download true (the "
-                    f"default): it extracts them without going online."
-                ) from err
-            raise DataError(_missing_message(data_dir, dataset, "download is off")) from err
-        raise DataError(_unreadable_message(raw, err)) from err
-    except Exception as err:  # torchvision's IDX reader fails in several ways on a truncated file
-        raise DataError(_unreadable_message(raw, err)) from err
-    images, labels = ds.data, ds.targets
-    if images.shape[1:] != (28, 28) or len(images) != len(labels) or len(images) == 0:
-        shapes = f"{len(images)} images of {tuple(images.shape[1:])}, {len(labels)} labels"
-        raise DataError(_unreadable_message(raw, ValueError(shapes)))
-    if labels.min() < 0 or labels.max() > 9:
-        raise DataError(_unreadable_message(raw, ValueError("labels outside 0-9")))
-    return ds
+        return _dataset_class(dataset)(data_dir, train=train, transform=transform, download=False)
+    except Exception as err:  # not expected once the files passed the checks; still no traceback
+        raise DataError(
+            f"Could not read the {dataset} files in {raw} ({reason(err)}).\n"
+            f"Delete the extracted files (*-ubyte) there and run again (they are extracted again from the .gz "
+            f"files, or downloaded)."
+        ) from err
 
 
 def load_split(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True) -> tuple[Tensor, Tensor]:
     """One split as tensors: uint8 images (N, 28, 28) and int64 labels (N,)."""
     ds = open_split(data_dir, dataset, train)
     return ds.data, ds.targets.long()
-
-
-def _unreadable_message(raw: Path, err: Exception) -> str:
-    return (
-        f"Could not read the dataset files in {raw}: {err}.\n"
-        f"A file is probably truncated or corrupt: delete the extracted files (*-ubyte) there and run again "
-        f"(they are re-extracted from the .gz files, or downloaded)."
-    )
 
 
 class ResumableSampler(DistributedSampler):
@@ -225,8 +295,11 @@ class MNISTDataModule(pl.LightningDataModule):
         self.train_set: datasets.MNIST | None = None
 
     def prepare_data(self) -> None:
+        # Before the trainer makes a run folder: missing or broken files stop the run before it writes anything.
         if self.hparams.download:
             download(self.hparams.data_dir, self.hparams.dataset)
+        else:
+            check_files(self.hparams.data_dir, self.hparams.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams

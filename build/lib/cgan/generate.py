@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from cgan.checkpoint import load_module
-from cgan.errors import CganError
+from cgan.errors import CganError, OutputError
+from cgan.module import CGAN
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -55,6 +55,20 @@ def generate(
     return images, labels
 
 
+def write(out: Path, images: Tensor, labels: Tensor, per_row: int) -> None:
+    """Save ``images`` as a .png grid of ``per_row`` columns or as an .npz file; ``OutputError`` when it cannot."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".npz":
+            np.savez_compressed(out, images=to_uint8(images).numpy(), labels=labels.numpy())
+        else:
+            save_image(images, out, nrow=per_row, normalize=True, value_range=(-1, 1))
+    except OSError as err:  # a folder on the way that is a file, a path that is a folder, no permission, a full disk
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else err.strerror or type(err).__name__
+        raise OutputError(f"cannot write {out}: {why}. Pass an --out in a folder you can write to.") from err
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
@@ -70,18 +84,16 @@ def main(args: list[str] | None = None) -> int:
         parser.error(f"--per-digit must be positive, got {opts.per_digit}")
     if opts.out.suffix not in (".png", ".npz"):
         parser.error(f"--out must end in .png or .npz, got {opts.out}")
+    if not 0 <= opts.seed < 2**64:
+        parser.error(f"--seed must be between 0 and 2**64 - 1, got {opts.seed}")
     try:
-        module = load_module(opts.ckpt)
+        module = CGAN.from_checkpoint(opts.ckpt)
+        generator = module.generator if opts.no_ema else module.sampler
+        images, labels = generate(generator.eval(), opts.digits, opts.per_digit, opts.seed, opts.interpolate)
+        write(opts.out, images, labels, opts.per_digit)
     except CganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    generator = module.generator if opts.no_ema else module.sampler
-    images, labels = generate(generator.eval(), opts.digits, opts.per_digit, opts.seed, opts.interpolate)
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    if opts.out.suffix == ".npz":
-        np.savez_compressed(opts.out, images=to_uint8(images).numpy(), labels=labels.numpy())
-    else:
-        save_image(images, opts.out, nrow=opts.per_digit, normalize=True, value_range=(-1, 1))
     print(f"wrote {len(labels)} digits to {opts.out}")
     return 0
 

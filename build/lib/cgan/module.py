@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from torch import Tensor, nn
 
 from cgan.checkpoint import check_compatible
-from cgan.errors import ConfigError, DivergenceError
+from cgan.checkpoint import load as load_checkpoint
+from cgan.errors import CheckpointError, ConfigError, DivergenceError, reason
 from cgan.losses import LOSSES
 from cgan.metrics import BatchMeans
 from cgan.models import recompute_batch_norm, training_mode
@@ -79,7 +81,7 @@ class CGAN(pl.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
         # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
-        # load_from_checkpoint rebuilds them. Built in Python they are objects: keep them out.
+        # from_checkpoint rebuilds them. Built in Python they are objects: keep them out.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -101,6 +103,29 @@ class CGAN(pl.LightningModule):
         noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
         self.register_buffer("sample_noise", noise)
         self.register_buffer("sample_labels", torch.arange(self.num_classes).repeat_interleave(10))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> CGAN:
+        """The trained module of a checkpoint written by train.py, in eval mode, on ``map_location``.
+
+        The file is read once, by ``checkpoint.load`` (clear errors for a missing or unreadable file).
+        The module is rebuilt from the hyperparameters LightningCLI saved in it (the networks as
+        class_path/init_args) the way ``load_from_checkpoint`` does, then given the weights, EMA
+        generator included. Raises ``CheckpointError`` when that cannot be done.
+        """
+        ckpt = load_checkpoint(path)
+        try:
+            # "_instantiator" names the function LightningCLI rebuilds modules with: this one
+            hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k != "_instantiator"}
+            module = instantiate_module(cls, hparams)
+        except Exception as err:  # no or broken hyperparameters, a class path that does not import, ...
+            raise CheckpointError(
+                f"could not rebuild the model from {path} ({reason(err)}). "
+                f"Checkpoints written by train.py carry their config; pass one of those."
+            ) from err
+        module.on_load_checkpoint(ckpt)  # a clear error when the weights do not fit
+        module.load_state_dict(ckpt["state_dict"])
+        return module.to(map_location).eval()
 
     @property
     def sampler(self) -> nn.Module:
