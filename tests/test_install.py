@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -27,7 +28,13 @@ def installed(tmp_path_factory) -> Path:
     dependencies (torch and the rest, gigabytes) are taken from the test run's environment
     through a path entry, which does not run that environment's editable-install hook."""
     base = tmp_path_factory.mktemp("install")
-    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", base / "dist", ROOT, cwd=base)
+    src = base / "src"  # built from a copy: the build leaves its build/ folder there, not in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("cgan", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", base / "dist", src, cwd=base)
     venv = base / "venv"
     sh(sys.executable, "-m", "venv", venv, cwd=base)
     (wheel,) = (base / "dist").glob("cgan-*.whl")
