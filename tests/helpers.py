@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
 
 
 class Recorder(pl.Callback):
@@ -28,6 +29,19 @@ class Recorder(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batches.append((trainer.current_epoch, batch_idx))
+
+
+def callbacks_config(path: Path, init_args: dict[str, dict], extra: tuple[str, ...] = ()) -> Path:
+    """A config file at ``path`` holding the default config's callbacks, those whose class name is
+    a key of ``init_args`` given those arguments, plus the ``extra`` class paths."""
+    from cgan.cli import config_dir
+
+    callbacks = yaml.safe_load((config_dir() / "default.yaml").read_text())["trainer"]["callbacks"]
+    for cb in callbacks:
+        cb["init_args"] = init_args.get(cb["class_path"].rsplit(".", 1)[-1], cb.get("init_args", {}))
+    callbacks += [{"class_path": class_path} for class_path in extra]
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return path
 
 
 def recorder(trainer: pl.Trainer) -> Recorder:
@@ -111,3 +125,13 @@ class RankReport(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save({"state": state, "batches": self.batches}, f"{self.out}/rank{trainer.global_rank}.pt")
+
+
+class OutputDtypes(pl.Callback):
+    """Records the dtypes of G's outputs during training (what mixed precision really computes in)."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.generator.register_forward_hook(lambda module, args, out: self.dtypes.add(out.dtype))

@@ -66,8 +66,11 @@ def test_ddp_checkpoint_resumes_in_one_process_and_back(tiny_mnist, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES + BATCHES // 2)
 
 
-def test_bf16_mixed_on_cpu_keeps_losses_finite(tiny_mnist, in_tmp):
-    trainer = run([f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1", "--trainer.precision=bf16-mixed"])
+def test_bf16_mixed_on_cpu_computes_in_bf16_and_keeps_losses_finite(tiny_mnist, in_tmp):
+    args = [f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1", "--trainer.callbacks+=helpers.OutputDtypes"]
+    trainer = run([*args, "--trainer.precision=bf16-mixed"])
+    probe = next(cb for cb in trainer.callbacks if type(cb).__name__ == "OutputDtypes")
+    assert torch.bfloat16 in probe.dtypes  # the training step really ran under bf16 autocast
     metrics = trainer.callback_metrics
     for name in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"):
         assert torch.isfinite(metrics[name]), name

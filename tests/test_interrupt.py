@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from helpers import callbacks_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cgan.checkpoint import AtomicCheckpointIO
-from cgan.cli import config_dir, main
+from cgan.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false"]
@@ -180,18 +180,9 @@ def test_a_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_file(tmp
 
 
 def timed_config(tmp_path: Path, every_minutes: float) -> Path:
-    """The default callbacks with last.ckpt also written every ``every_minutes``."""
-    config = yaml.safe_load((config_dir() / "default.yaml").read_text())
-    callbacks = config["trainer"]["callbacks"]
-    for cb in callbacks:
-        if cb["class_path"].endswith("LastCheckpoint"):
-            cb["init_args"] = {"every_minutes": every_minutes}
-        if cb["class_path"].endswith("DigitMetrics"):
-            cb["init_args"] = {"per_class": 100}  # as the in-process runs (conftest)
-    callbacks.append({"class_path": "helpers.BatchLog"})
-    path = tmp_path / "timed.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
-    return path
+    """The default callbacks with last.ckpt also written every ``every_minutes``, and a batch log."""
+    init_args = {"LastCheckpoint": {"every_minutes": every_minutes}, "DigitMetrics": {"per_class": 100}}
+    return callbacks_config(tmp_path / "timed.yaml", init_args, extra=("helpers.BatchLog",))
 
 
 def start(cwd: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:

@@ -49,6 +49,12 @@ def test_shapes_range_and_label_conditioning(g_cls, d_cls):
     assert images.shape == (8, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
     assert d(images, y).shape == (8,)
+    with torch.no_grad():  # large weights: only the final tanh keeps the images in [-1, 1]
+        for p in g.parameters():
+            p.mul_(50)
+        big = g(z, y)
+    assert big.min() >= -1 and big.max() <= 1 and big.abs().max() > 0.99
+    g = g_cls()
     g.eval()
     assert not torch.allclose(g(z, y), g(z, (y + 1) % 10))
     d.eval()

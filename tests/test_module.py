@@ -88,11 +88,15 @@ def test_ema_decay_out_of_range_is_refused(decay):
         make(ema_decay=decay)
 
 
-def test_sample_uses_eval_mode_and_restores_training_mode():
+@pytest.mark.parametrize("was_training", [True, False])
+def test_sample_uses_eval_mode_and_restores_the_mode(was_training):
     module = make(g=ConvGenerator(channels=8), d=ConvDiscriminator(channels=4))
-    module.train()
-    images = module.sample(module.sample_noise[:20], module.sample_labels[:20])
+    module.train(was_training)
+    z, y = module.sample_noise[:20], module.sample_labels[:20]
+    images = module.sample(z, y)
     assert images.shape == (20, 1, 28, 28)
-    assert module.generator.training
-    again = module.sample(module.sample_noise[:20], module.sample_labels[:20])
-    assert torch.equal(images, again)  # eval-mode batch norm: no dependence on the batch draw
+    assert module.generator.training == was_training
+    # eval-mode batch norm: each digit depends on its own noise only, not on the rest of the batch
+    assert torch.allclose(module.sample(z[:5], y[:5]), images[:5], atol=1e-6)
+    with torch.no_grad():  # in train mode it would depend on the batch
+        assert not torch.allclose(module.generator.train()(z[:5], y[:5]), module.generator(z, y)[:5], atol=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -22,21 +23,29 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
+def train_once(root: Path, *extra: str) -> tuple[Path, Path]:
+    """One epoch on the tiny fixture in ``root``: (its last.ckpt, the data folder)."""
     from conftest import make_mnist
 
     data = make_mnist(root / "data")
-    import os
-
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        run([f"--data.data_dir={data}", "--data.batch_size=20", "--max_epochs=1"])
+        run([f"--data.data_dir={data}", "--data.batch_size=20", "--max_epochs=1", *extra])
     finally:
         os.chdir(cwd)
     return root / "lightning_logs/version_0/checkpoints/last.ckpt", data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_once(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def trained_ema(tmp_path_factory):
+    """A checkpoint whose EMA generator differs from the raw one (decay 0.5 after 10 updates)."""
+    return train_once(tmp_path_factory.mktemp("ema"), "--model.ema_decay=0.5")
 
 
 def test_generate_writes_a_grid_with_one_row_per_digit(trained, tmp_path):
@@ -59,11 +68,13 @@ def test_generate_writes_the_documented_arrays(trained, tmp_path):
 
 def test_generate_is_reproducible_by_seed_and_interpolates(trained, tmp_path):
     ckpt, _ = trained
-    a, b, c = (tmp_path / f"{n}.npz" for n in "abc")
-    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(a), "--seed", "1"])
-    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(b), "--seed", "1"])
-    generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(c), "--seed", "1", "--interpolate"])
+    a, b, c, d = (tmp_path / f"{n}.npz" for n in "abcd")
+    assert generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(a), "--seed", "1"]) == 0
+    assert generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(b), "--seed", "1"]) == 0
+    assert generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(c), "--seed", "1", "--interpolate"]) == 0
+    assert generate.main(["--ckpt", str(ckpt), "--digits", "5", "--out", str(d), "--seed", "2"]) == 0
     assert (np.load(a)["images"] == np.load(b)["images"]).all()
+    assert (np.load(a)["images"] != np.load(d)["images"]).any()  # another seed, other digits
     walk = np.load(c)["images"].astype(float)
     steps = np.abs(np.diff(walk, axis=0)).mean(axis=(1, 2))
     assert steps.max() < np.abs(walk[0] - walk[-1]).mean()  # neighbours closer than the ends
@@ -115,6 +126,51 @@ def test_a_missing_checkpoint_is_explained(tmp_path, capsys):
     assert f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist" in capsys.readouterr().err
 
 
+def test_generate_uses_the_ema_generator_unless_told_not_to(trained_ema, tmp_path):
+    ckpt, _ = trained_ema
+    module = CGAN.from_checkpoint(ckpt)
+    expected = {
+        "ema": generate.to_uint8(generate.generate(module.sampler, [3, 8], 4, seed=5)[0]).numpy(),
+        "raw": generate.to_uint8(generate.generate(module.generator, [3, 8], 4, seed=5)[0]).numpy(),
+    }
+    assert (expected["ema"] != expected["raw"]).any()
+    for name, flags in (("ema", []), ("raw", ["--no-ema"])):
+        out = tmp_path / f"{name}.npz"
+        args = ["--ckpt", str(ckpt), "--digits", "3", "8", "--per-digit", "4", "--seed", "5", "--out", str(out)]
+        assert generate.main([*args, *flags]) == 0
+        assert (np.load(out)["images"] == expected[name]).all(), name
+
+
+def scores(out: str) -> dict[str, list[float]]:
+    """The numbers of each row of cgan-evaluate's table (``nan`` included, as float)."""
+    rows = {}
+    for line in out.splitlines()[1:]:
+        if line.startswith("("):  # the closing "(N generated digits; T s)"
+            break
+        words = line.split()
+        numbers = [w for w in words if re.fullmatch(r"-?(\d+\.\d+|nan|inf)%?", w)]
+        rows[" ".join(words[: len(words) - len(numbers)])] = [float(w.rstrip("%")) for w in numbers]
+    return rows
+
+
+def test_evaluate_scores_the_ema_generator_unless_told_not_to(trained_ema, capsys):
+    ckpt, data = trained_ema
+    tables = {}
+    for name, flags in (("ema", []), ("raw", ["--no-ema"])):
+        assert evaluate.main(["--ckpt", str(ckpt), "--data_dir", str(data), "--per-class", "10", *flags]) == 0
+        tables[name] = scores(capsys.readouterr().out)
+    module = CGAN.from_checkpoint(ckpt)
+    direct = {
+        name: evaluate.evaluate(str(ckpt), str(data), per_class=10, ema=(name == "ema"))["generated"]["fid"].item()
+        for name in ("ema", "raw")
+    }
+    for name in ("ema", "raw"):
+        assert tables[name]["FID"][0] == pytest.approx(direct[name], abs=0.006), name
+    assert tables["ema"]["FID"][0] != tables["raw"]["FID"][0]
+    assert tables["ema"]["FID"][1] == tables["raw"]["FID"][1]  # the real digits' column does not change
+    assert module.generator_ema is not None
+
+
 def test_evaluate_prints_every_row(trained, capsys):
     ckpt, data = trained
     assert evaluate.main(["--ckpt", str(ckpt), "--data_dir", str(data), "--per-class", "20"]) == 0
@@ -124,6 +180,9 @@ def test_evaluate_prints_every_row(trained, capsys):
     for label in ["FID", "intra-class FID", "accuracy", *(f"accuracy {c}" for c in range(10))]:
         row = next(line for line in lines if line.strip().startswith(label + " ") or line.strip() == label)
         assert len(row.replace(label, "", 1).split()) == 2, row
+    table = scores(out)
+    assert all(np.isfinite(v) for values in table.values() for v in values)  # no nan, no inf
+    assert table["FID"][0] > 0 and 0 <= table["accuracy"][0] <= 100
 
 
 @pytest.mark.slow

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import recorder
+from helpers import callbacks_config, recorder
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -50,6 +51,21 @@ def test_one_epoch_trains_both_networks_and_writes_every_artifact(tiny_mnist, in
     d_real = events.Scalars("train/d_real")[0]
     assert 0.0 <= d_real.value <= 1.0
     assert d_real.step == BATCHES - 1  # the x-axis counts batches, not optimizer steps
+
+
+def test_in_training_metrics_and_times_are_logged_on_their_schedule(tiny_mnist, in_tmp):
+    config = callbacks_config(in_tmp / "metrics.yaml", {"DigitMetrics": {"every_n_epochs": 2, "per_class": 20}})
+    train(tiny_mnist, f"--config={config}", "--max_epochs=3")
+    events = EventAccumulator(str(in_tmp / "lightning_logs" / "version_0"))
+    events.Reload()
+    for tag in ("val/fid", "val/fid_intra", "val/acc"):  # every 2nd epoch and after the last
+        assert [e.step for e in events.Scalars(tag)] == [2 * BATCHES - 1, 3 * BATCHES - 1], tag
+    for e in events.Scalars("val/fid") + events.Scalars("val/fid_intra"):
+        assert math.isfinite(e.value) and e.value > 0
+    assert all(0 <= e.value <= 1 for e in events.Scalars("val/acc"))
+    times = events.Scalars("time/epoch_seconds")
+    assert [e.step for e in times] == [0, 1, 2] and all(e.value > 0 for e in times)
+    assert [e.step for e in events.Images("samples")] == [0, 1, 2]  # the image's step is the epoch
 
 
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(tiny_mnist, in_tmp):
