@@ -59,6 +59,21 @@ def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(tiny_mnist)
     assert noise["fid_class"].shape == (10,) and noise["acc_class"].shape == (10,)
 
 
+def test_intra_class_fid_and_accuracy_judge_each_digit_by_the_label_it_was_asked_for(tiny_mnist):
+    images, labels = load_split(str(tiny_mnist), train=True)
+    quality = quality_with_reference(images, labels)
+    assert quality.acc.tp.sum() + quality.acc.fn.sum() == 0  # the real digits never count in the accuracy
+    asked = (labels + 1) % 10  # every digit presented as the next digit
+    quality.update(scale(images), asked, real=False)
+    scores = quality.compute()
+    assert abs(scores["fid"]) < 1e-3  # the same images overall,
+    assert scores["fid_intra"] > 1.0  # but each class holds another class's digits
+    classifier = quality.classifier
+    with torch.no_grad():
+        read = classifier.head(classifier.features(scale(images))).argmax(1)
+    assert scores["acc"].item() == pytest.approx((read == asked).float().mean().item())  # generated digits only
+
+
 @pytest.mark.slow
 def test_on_real_mnist_accuracy_is_high_with_true_labels_and_chance_with_shuffled(real_mnist):
     test_images, test_labels = load_split(str(real_mnist), train=False)

@@ -68,6 +68,35 @@ def test_in_training_metrics_and_times_are_logged_on_their_schedule(tiny_mnist, 
     assert [e.step for e in events.Images("samples")] == [0, 1, 2]  # the image's step is the epoch
 
 
+def test_logged_d_real_and_d_fake_are_d_of_real_and_of_generated_digits(tiny_mnist, in_tmp):
+    nets = ["--model.generator=helpers.MarkedGenerator", "--model.discriminator=helpers.MarkedDiscriminator"]
+    metrics = train(tiny_mnist, "--max_epochs=1", *nets).callback_metrics
+    assert metrics["train/d_real"].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    assert metrics["train/d_fake"].item() == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item())
+    d_loss = 2 * torch.nn.functional.softplus(torch.tensor(-3.0)).item()  # BCE of both halves
+    assert metrics["train/d_loss"].item() == pytest.approx(d_loss)
+    assert metrics["train/g_loss"].item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(3.0)).item())
+
+
+@pytest.mark.parametrize("given", ["7", "true"])
+def test_the_run_seed_reaches_the_module_and_the_data_module(tiny_mnist, in_tmp, given):
+    trainer = train(tiny_mnist, "--max_epochs=0", f"--seed_everything={given}")
+    config = (in_tmp / "lightning_logs/version_0/config.yaml").read_text()
+    seed = int(next(line for line in config.splitlines() if line.startswith("seed_everything:")).split()[1])
+    assert given == "true" or seed == 7
+    assert trainer.lightning_module.seed == trainer.datamodule.hparams.seed == seed
+
+
+def test_ckpt_path_last_resumes_the_newest_run(tiny_mnist, in_tmp):
+    train(tiny_mnist, "--max_epochs=1")
+    train(tiny_mnist, "--max_epochs=1")  # a second run: version_1
+    first = (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()
+    train(tiny_mnist, "--max_epochs=2", "--ckpt_path=last")
+    assert (in_tmp / "lightning_logs/version_1/samples/001.png").is_file()
+    assert (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes() == first
+    assert not (in_tmp / "lightning_logs/version_2").exists()
+
+
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(tiny_mnist, in_tmp):
     train(tiny_mnist, "--max_epochs=1")
     ckpt = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
