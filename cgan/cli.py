@@ -175,8 +175,8 @@ def main(args: list[str] | None = None) -> int:
     except Stopped as stop:
         print(f"{stop} {_how_to_resume(stop)}", file=sys.stderr)
         return 128 + stop.signum
-    except KeyboardInterrupt:  # before training started: nothing was written yet
-        print("Interrupted before training started.", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the training loop, where LastCheckpoint does not listen
+        print("Interrupted outside the training loop; the checkpoints written so far are kept.", file=sys.stderr)
         return 130
     return 0
 
@@ -185,8 +185,6 @@ def _how_to_resume(stop: Stopped) -> str:
     if stop.requeued:
         return f"SLURM job {stop.requeued} was requeued and resumes from it by itself."
     config = stop.path.parent.parent / "config.yaml"  # written by LightningCLI into the run folder
-    return (
-        f"Resume with: --config {config} --ckpt_path {stop.path}"
-        if config.is_file()
-        else (f"Resume with: --ckpt_path {stop.path} and the config you trained with.")
-    )
+    if config.is_file():
+        return f"Resume with: --config {config} --ckpt_path {stop.path}"
+    return f"Resume with: --ckpt_path {stop.path} and the config you trained with."
