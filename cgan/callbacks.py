@@ -120,8 +120,9 @@ class HparamsTable(pl.Callback):
     as the first value of ``val/fid``, ``val/fid_intra`` and ``val/acc``. TensorBoard shows the
     last value of each, so the scores ``DigitMetrics`` logs later fill the columns. Settings:
     ``generator`` and ``discriminator`` (class names), ``loss``, ``g_lr`` and ``d_lr`` (the
-    optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0: no
-    EMA, which is what a decay of 0 would average to), ``max_epochs`` and ``dataset``.
+    optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
+    there is no EMA: an average with decay 0 is the live generator), ``max_epochs`` and
+    ``dataset``; Lightning adds them to the run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
     with: the checkpoint records where the row was written. Rank 0 only, as the logger.
