@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from cgan.errors import CganError, OutputError
+from cgan.errors import CganError, cannot_write
 from cgan.module import CGAN
 
 
@@ -64,9 +64,7 @@ def write(out: Path, images: Tensor, labels: Tensor, per_row: int) -> None:
         else:
             save_image(images, out, nrow=per_row, normalize=True, value_range=(-1, 1))
     except OSError as err:  # a folder on the way that is a file, a path that is a folder, no permission, a full disk
-        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker else err.strerror or type(err).__name__
-        raise OutputError(f"cannot write {out}: {why}. Pass an --out in a folder you can write to.") from err
+        raise cannot_write(out, err, "an --out") from err
 
 
 def main(args: list[str] | None = None) -> int:

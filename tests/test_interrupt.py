@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -38,8 +39,8 @@ def run_record(run_dir: Path) -> dict:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    scalars = {
-        tag: sorted((e.step, e.value) for e in events.Scalars(tag))
+    scalars = {  # NaN (the HPARAMS placeholder of val/*) as a string, so that equal records compare equal
+        tag: sorted((e.step, "nan" if math.isnan(e.value) else e.value) for e in events.Scalars(tag))
         for tag in events.Tags()["scalars"]
         if tag.startswith(("train/", "val/"))
     }
