@@ -92,9 +92,12 @@ def in_tmp(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(autouse=True)
-def few_digits_in_training_metrics(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def few_digits_in_training_metrics():
     """In-process runs score 100 generated digits per class in their val/* metrics, not 1000:
-    the same code in a tenth of the time."""
+    the same code in a tenth of the time. Session-wide, so it is in place before any fixture
+    builds a parser (jsonargparse keeps the signatures it has read)."""
     every_n_epochs, _, seed = DigitMetrics.__init__.__defaults__
-    monkeypatch.setattr(DigitMetrics.__init__, "__defaults__", (every_n_epochs, 100, seed))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DigitMetrics.__init__, "__defaults__", (every_n_epochs, 100, seed))
+        yield
