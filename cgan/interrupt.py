@@ -140,14 +140,17 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: pl.Trainer, saved_by_model_checkpoint: bool = False) -> Stopped | None:
         """Write last.ckpt if a stop signal came or a timed save is due; the stop to raise, if any."""
         signum, due = self._decide(trainer)
+        if saved_by_model_checkpoint:
+            self._last_save = time.monotonic()
+        if not (signum or due):
+            return None  # the common case, once per batch: nothing more to do
         path = self.path(trainer)
-        if (signum or due) and not saved_by_model_checkpoint:
+        if not saved_by_model_checkpoint:
             ckpt_cb = self._model_checkpoint(trainer)
             if ckpt_cb is not None:  # ModelCheckpoint's file from now on: overwritten, not versioned (last-v1)
                 ckpt_cb.last_model_path = path
             trainer.save_checkpoint(path)
-        if signum or due or saved_by_model_checkpoint:
-            self._last_save = time.monotonic()
+        self._last_save = time.monotonic()
         if not signum:
             return None
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
