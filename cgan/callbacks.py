@@ -14,13 +14,14 @@ from torchvision.utils import make_grid
 from cgan.classifier import load_classifier
 from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
 
-VAL_METRICS = ("val/fid", "val/fid_intra", "val/acc")  # what DigitMetrics logs
+VAL_METRICS = ("val/fid", "val/fid_intra", "val/acc", "val/precision", "val/recall")  # what DigitMetrics logs
 
 
 def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    """Whether the epoch now ending is an n-th one or the last."""
+    """Whether the epoch now ending is an n-th one or the last: ``max_epochs`` reached, or the
+    trainer stopping for another reason, as at ``max_time`` (decided on every rank alike)."""
     epoch = trainer.current_epoch + 1
-    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
+    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs or trainer.should_stop
 
 
 def log_image(logger: Logger, key: str, image: np.ndarray, step: int) -> None:
@@ -72,7 +73,8 @@ class SampleGrid(pl.Callback):
 
 
 class DigitMetrics(pl.Callback):
-    """Scores the generator during training: ``val/fid``, ``val/fid_intra`` and ``val/acc``.
+    """Scores the generator during training: ``val/fid``, ``val/fid_intra``, ``val/acc``,
+    ``val/precision`` and ``val/recall``.
 
     Every ``every_n_epochs`` epochs (and on the last one) the sampling generator (EMA when
     there is one) draws ``per_class`` digits of each class from fixed noise; they are scored
@@ -117,11 +119,12 @@ class HparamsTable(pl.Callback):
     metrics as the columns to sort runs by.
 
     At fit start, each ``TensorBoardLogger`` gets the settings below and NaN ("not scored yet")
-    as the first value of ``val/fid``, ``val/fid_intra`` and ``val/acc``. TensorBoard shows the
+    as the first value of each ``val/*`` metric of ``DigitMetrics``. TensorBoard shows the
     last value of each, so the scores ``DigitMetrics`` logs later fill the columns. Settings:
     ``generator`` and ``discriminator`` (class names), ``loss``, ``g_lr`` and ``d_lr`` (the
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
-    there is no EMA: an average with decay 0 is the live generator), ``max_epochs`` and
+    there is no EMA: an average with decay 0 is the live generator), ``lr_decay`` (0 for
+    none), ``max_epochs`` and
     ``dataset``; Lightning adds them to the run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
@@ -160,6 +163,7 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "d_lr": _initial_lr(opt_d),
         "batch_size": data.batch_size,
         "ema_decay": pl_module.ema_decay or 0.0,
+        "lr_decay": pl_module.lr_decay or 0.0,
         "max_epochs": trainer.max_epochs,
         "dataset": data.dataset,
     }

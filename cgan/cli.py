@@ -89,8 +89,10 @@ class CganCLI(LightningCLI):
         config = self.config
         # `seed_everything: true` is drawn by LightningCLI after the links were applied
         config.model.seed = config.data.seed = config.seed_everything
-        if config.trainer.max_epochs is not None and config.trainer.max_epochs < 0:
-            raise ConfigError(f"trainer.max_epochs must be 0 or more, got {config.trainer.max_epochs}.")
+        if config.trainer.max_epochs is not None and config.trainer.max_epochs < -1:
+            raise ConfigError(
+                f"trainer.max_epochs must be 0 or more, or -1 for no limit, got {config.trainer.max_epochs}."
+            )
         if config.trainer.enable_progress_bar is False and config.trainer.callbacks:
             # the configs name a progress bar (to redraw it less often); drop it rather than let
             # Lightning refuse the combination

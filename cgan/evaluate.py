@@ -2,8 +2,9 @@
 
     cgan-evaluate --ckpt a.ckpt [b.ckpt ...] [--data_dir data] [--csv scores.csv]
 
-Prints FID, intra-class FID (mean of the per-class FIDs) and the classifier's accuracy on the
-generated digits against the labels they were asked for, per class too: one column per
+Prints FID, intra-class FID (mean of the per-class FIDs), the classifier's accuracy on the
+generated digits against the labels they were asked for (per class too), and precision and
+recall (how many generated digits look real; how many real styles are drawn): one column per
 checkpoint and, beside them, the same numbers for 10,000 real training digits, the ceiling.
 All are scored against the 10,000 test digits in the feature space of the shipped MNIST
 classifier. ``--csv`` writes the same numbers, one row per metric (named as the ``val/*``
@@ -86,6 +87,8 @@ def rows(columns: dict[str, dict]) -> list[tuple[str, str, list[float]]]:
         ("FID", "fid", [c["fid"].item() for c in columns.values()]),
         ("intra-class FID", "fid_intra", [c["fid_intra"].item() for c in columns.values()]),
         ("accuracy", "acc", [c["acc"].item() for c in columns.values()]),
+        ("precision", "precision", [c["precision"].item() for c in columns.values()]),
+        ("recall", "recall", [c["recall"].item() for c in columns.values()]),
     ]
     num_classes = len(next(iter(columns.values()))["acc_class"])
     for k in range(num_classes):
@@ -100,6 +103,8 @@ def format_table(columns: dict[str, dict]) -> str:
     for label, name, values in rows(columns):
         if name.startswith("acc"):
             cells = (f"{v * 100:>{w - 1}.2f}%" for v, w in zip(values, widths))
+        elif name in ("precision", "recall"):  # fractions, as the paper gives them
+            cells = (f"{v:>{w}.3f}" for v, w in zip(values, widths))
         else:
             cells = (f"{v:>{w}.2f}" for v, w in zip(values, widths))
         lines.append("".join([f"{label:<18}", *cells]))

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from torch import Tensor, nn
 
@@ -29,6 +30,26 @@ def reseed_global_rng(*key: int) -> None:
     The key is mixed by numpy's ``SeedSequence``, so nearby keys give unrelated streams.
     """
     torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+
+
+def run_fraction(trainer: pl.Trainer, batch_idx: int) -> float:
+    """How much of the run is done before batch ``batch_idx`` of this epoch, in [0, 1].
+
+    The run ends at the first of the trainer's limits: ``max_epochs``, ``max_steps`` (two
+    optimizer steps per batch here) and ``max_time``; this is the largest fraction of any of them
+    used so far. The first two give the same answer in every run of a config; the clock does not.
+    """
+    done = [0.0]
+    if trainer.max_steps > 0:
+        done.append(trainer.global_step / trainer.max_steps)
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        done.append((trainer.current_epoch + batch_idx / trainer.num_training_batches) / trainer.max_epochs)
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is not None:
+        elapsed = timer.time_elapsed()
+        done.append(elapsed / max(elapsed + remaining, 1e-9))
+    return min(max(done), 1.0)
 
 
 class CGAN(pl.LightningModule):
@@ -56,6 +77,12 @@ class CGAN(pl.LightningModule):
         ema_decay: if set, an exponential moving average of G's weights is kept and used
             for sample grids, metrics and generation. Its batch-norm statistics are recomputed
             for its own weights whenever it is used after an update.
+        ema_warmup: average over fewer batches early on: the decay after batch ``n`` is
+            ``min(ema_decay, (1 + n) / (10 + n))``, so a short run's average is not weighed
+            down by G's first, random weights (``ema_decay ** n`` of them otherwise).
+        lr_decay: if set, both learning rates fall linearly to zero, batch by batch, over the
+            last ``lr_decay`` of the run (1.0: the whole run). The run's length is that of
+            ``run_fraction``: a run stopped on the clock (``max_time``) ends its decay on time.
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
         seed: seed of the training noise and dropout: each batch draws from the global RNG
             seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
@@ -72,6 +99,8 @@ class CGAN(pl.LightningModule):
         d_scheduler: LRSchedulerCallable | None = None,
         loss: Literal["bce", "hinge"] = "bce",
         ema_decay: float | None = None,
+        ema_warmup: bool = False,
+        lr_decay: float | None = None,
         sample_seed: int = 0,
         seed: int = 0,
     ) -> None:
@@ -80,6 +109,10 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
+        if lr_decay is not None and not 0.0 < lr_decay <= 1.0:
+            raise ConfigError(f"model.lr_decay must be in (0, 1] or null, got {lr_decay}.")
+        if lr_decay is not None and (g_scheduler is not None or d_scheduler is not None):
+            raise ConfigError("model.lr_decay and an LR scheduler both set the learning rates: use one of them.")
         # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
         # from_checkpoint rebuilds them. Built in Python they are objects: keep them out.
         with warnings.catch_warnings():
@@ -92,7 +125,7 @@ class CGAN(pl.LightningModule):
 
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
-        self.ema_decay, self.seed = ema_decay, seed
+        self.ema_decay, self.ema_warmup, self.lr_decay, self.seed = ema_decay, ema_warmup, lr_decay, seed
         self._ema_stats_stale = True
         self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
@@ -153,12 +186,24 @@ class CGAN(pl.LightningModule):
             lr = opt.param_groups[0].get("lr", 1.0)
             if not lr > 0:
                 raise ConfigError(f"model.{name}: the learning rate must be positive, got {lr}.")
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])  # as torch's schedulers keep it
             opts.append(opt)
         scheds = [fn(opt) for fn, opt in zip(self.scheduler_fns, opts) if fn is not None]
         return opts, scheds
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         reseed_global_rng(self.seed, self.current_epoch, batch_idx, self.global_rank)
+        if self.lr_decay is not None:
+            self._decay_learning_rates(batch_idx)
+
+    def _decay_learning_rates(self, batch_idx: int) -> None:
+        factor = min(1.0, (1.0 - run_fraction(self.trainer, batch_idx)) / self.lr_decay)
+        if self.trainer.world_size > 1:  # the clock differs between processes: rank 0's reading for all
+            factor = float(self.trainer.strategy.broadcast(torch.tensor(factor)))
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -192,7 +237,11 @@ class CGAN(pl.LightningModule):
     @torch.no_grad()
     def _update_ema(self) -> None:
         ema, live = self.generator_ema, self.generator
-        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - self.ema_decay)
+        decay = self.ema_decay
+        if self.ema_warmup:
+            batches = self.global_step // 2  # two optimizer steps per batch, this one's included
+            decay = min(decay, (1 + batches) / (10 + batches))
+        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
         self._ema_stats_stale = True
 
     def on_train_epoch_end(self) -> None:

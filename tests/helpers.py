@@ -158,3 +158,13 @@ class MarkedDiscriminator(torch.nn.Module):
 
     def forward(self, x, y):
         return torch.where(x[:, 0, 0, 0] == 0.5, -3.0, 3.0) + 0 * x.mean(dim=(1, 2, 3)) + 0 * self.unused
+
+
+class LRLog(pl.Callback):
+    """The learning rates each batch trains with, ``(G's, D's)``, recorded after the module set them."""
+
+    def __init__(self) -> None:
+        self.rates: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.rates.append(tuple(opt.param_groups[0]["lr"] for opt in trainer.optimizers))

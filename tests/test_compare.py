@@ -83,7 +83,8 @@ def hparams_over_http(logdir: Path, runs: int) -> tuple[dict, dict]:
 def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_metrics(two_runs):
     root, _, trainers = two_runs
     experiment, groups = hparams_over_http(root / "lightning_logs", runs=2)
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["val/fid", "val/fid_intra", "val/acc"]
+    tags = ["val/fid", "val/fid_intra", "val/acc", "val/precision", "val/recall"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == tags
     settings = {
         "generator",
         "discriminator",
@@ -92,6 +93,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "d_lr",
         "batch_size",
         "ema_decay",
+        "lr_decay",
         "max_epochs",
         "dataset",
     }
@@ -105,6 +107,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "d_lr": 0.001,
         "batch_size": 20,
         "ema_decay": 0,
+        "lr_decay": 0,
         "max_epochs": 1,
         "dataset": "MNIST",
     }
@@ -114,10 +117,10 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "ConvDiscriminator",
         "hinge",
     )
-    assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"]) == (0.0004, 0.0004, 0.998)
+    assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
-        logged = {tag: trainer.callback_metrics[tag].item() for tag in ("val/fid", "val/fid_intra", "val/acc")}
+        logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}
         assert shown == pytest.approx(logged), name  # the scores, not the placeholders
 
 
@@ -239,7 +242,7 @@ def test_evaluate_compares_checkpoints_in_one_table_and_a_csv(two_runs, tmp_path
     assert evaluate.main(["--ckpt", *ckpts, "--data_dir", str(data), "--per-class", "10", "--csv", str(out_csv)]) == 0
     header, rows = table(capsys.readouterr().out)
     assert header == ["version_0/last", "version_1/last", "real", "(train)"]
-    assert len(rows) == 3 + 10 and all(len(values) == 3 for values in rows.values())
+    assert len(rows) == 5 + 10 and all(len(values) == 3 for values in rows.values())
     # the test digits' statistics (the fixture's 50 in one batch) are computed once for both checkpoints
     assert real_batches.count(True) == 1
 
@@ -250,13 +253,20 @@ def test_evaluate_compares_checkpoints_in_one_table_and_a_csv(two_runs, tmp_path
     with open(out_csv, newline="") as f:
         scores = list(csv.DictReader(f))
     assert list(scores[0]) == ["metric", "version_0/last", "version_1/last", "real"]
-    assert [s["metric"] for s in scores] == ["fid", "fid_intra", "acc", *(f"acc_{k}" for k in range(10))]
-    printed = {"fid": "FID", "fid_intra": "intra-class FID", "acc": "accuracy"}
+    names = ["fid", "fid_intra", "acc", "precision", "recall", *(f"acc_{k}" for k in range(10))]
+    assert [s["metric"] for s in scores] == names
+    printed = {
+        "fid": "FID",
+        "fid_intra": "intra-class FID",
+        "acc": "accuracy",
+        "precision": "precision",
+        "recall": "recall",
+    }
     for score in scores:
         label = printed.get(score["metric"], f"accuracy {score['metric'].removeprefix('acc_')}")
         scale = 100 if label.startswith("accuracy") else 1  # the table prints accuracies in percent
         values = [float(score[k]) * scale for k in ("version_0/last", "version_1/last", "real")]
-        assert values == pytest.approx(rows[label], abs=0.006), label
+        assert values == pytest.approx(rows[label], abs=0.0006 if label in ("precision", "recall") else 0.006), label
 
 
 NAMED = {  # checkpoint paths -> their columns

@@ -38,32 +38,34 @@ def ddp_args(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_two_processes_train_identical_weights_on_their_own_shards(tiny_mnist, tmp_path, in_memory):
-    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=2", f"--data.in_memory={in_memory}"))
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert rank0["batches"] == rank1["batches"] == 2 * BATCHES // 2  # half the single-process count
+def assert_same_weights_on_both_ranks(run_dir: Path, batches: int) -> dict:
+    """Each rank trained ``batches`` batches (``helpers.RankReport``) and ended with the same weights."""
+    rank0, rank1 = torch.load(run_dir / "rank0.pt"), torch.load(run_dir / "rank1.pt")
+    assert rank0["batches"] == rank1["batches"] == batches
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
-    runs = list((tmp_path / "lightning_logs").iterdir())
-    assert [r.name for r in runs] == ["version_0"]
-    assert sorted(p.name for p in (runs[0] / "samples").iterdir()) == ["000.png", "001.png"]
-    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 2 * 2 * BATCHES // 2
-    for key, value in rank0["state"].items():
-        assert torch.equal(value, ckpt["state_dict"][key]), key
+    return rank0
 
 
 @pytest.mark.slow
-def test_ddp_checkpoint_resumes_in_one_process_and_back(tiny_mnist, tmp_path):
-    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=1"))
-    train_subprocess(tmp_path, f"--data.data_dir={tiny_mnist}", "--max_epochs=2", "--ckpt_path=last")
-    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+def test_two_processes_train_identical_weights_and_resume_in_one_process_and_back(tiny_mnist, tmp_path):
+    decay = "--model.lr_decay=0.5"  # under DDP, rank 0's LR factor is broadcast before every batch
+    # the DataLoader path first: each rank its own shard, half the single-process batches, the same weights
+    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=1", "--data.in_memory=false", decay))
+    assert_same_weights_on_both_ranks(tmp_path, BATCHES // 2)
+    train_subprocess(tmp_path, f"--data.data_dir={tiny_mnist}", "--max_epochs=2", "--ckpt_path=last", decay)
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES)  # one DDP epoch, then one whole epoch
-    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=3", "--ckpt_path=last"))
-    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    # back to two processes, on the in-memory path
+    train_subprocess(tmp_path, *ddp_args(tiny_mnist, "--max_epochs=3", "--ckpt_path=last", decay))
+    rank0 = assert_same_weights_on_both_ranks(tmp_path, BATCHES // 2)
+    assert [r.name for r in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["000.png", "001.png", "002.png"]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES + BATCHES // 2)
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
 
 
 def test_bf16_mixed_on_cpu_computes_in_bf16_and_keeps_losses_finite(tiny_mnist, in_tmp):

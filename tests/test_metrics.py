@@ -10,7 +10,7 @@ import torch
 from cgan.classifier import RECORD, WEIGHTS, MNISTClassifier, accuracy, load_classifier, sha256
 from cgan.data import load_split, scale
 from cgan.errors import CheckpointError
-from cgan.metrics import DigitQuality, generate_per_class, scaled_batches
+from cgan.metrics import DigitQuality, PrecisionRecall, generate_per_class, scaled_batches
 from cgan.models import Generator
 
 
@@ -46,7 +46,7 @@ def quality_with_reference(images, labels) -> DigitQuality:
     return quality
 
 
-def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(tiny_mnist):
+def test_a_set_against_itself_scores_as_real_digits_and_noise_does_not(tiny_mnist):
     images, labels = load_split(str(tiny_mnist), train=True)
     quality = quality_with_reference(images, labels)
     quality.update(scale(images), labels, real=False)
@@ -57,6 +57,8 @@ def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(tiny_mnist)
     assert abs(same["fid"]) < 1e-3 and abs(same["fid_intra"]) < 1e-3
     assert noise["fid"] > 100 * max(abs(same["fid"]), 1e-2)
     assert noise["fid_class"].shape == (10,) and noise["acc_class"].shape == (10,)
+    assert (same["precision"].item(), same["recall"].item()) == (1.0, 1.0)
+    assert noise["precision"] < 0.05
 
 
 def test_intra_class_fid_and_accuracy_judge_each_digit_by_the_label_it_was_asked_for(tiny_mnist):
@@ -97,3 +99,47 @@ def test_generate_per_class_draws_fixed_noise_per_class_and_shards_by_rank():
     shards = [torch.cat([y for _, y in generate_per_class(g, 30, 7, rank=r, world_size=2)]) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 150
     assert torch.equal(torch.stack(shards, 1).flatten(), labels)
+
+
+def test_precision_recall_of_a_set_against_itself_is_one_and_one():
+    points = torch.randn(500, 16)
+    metric = PrecisionRecall()
+    metric.update(points, real=True)
+    metric.update(points.clone(), real=False)
+    assert [v.item() for v in metric.compute()] == [1.0, 1.0]
+
+
+def test_a_collapsed_set_has_low_recall_and_a_scattered_one_low_precision():
+    real = torch.randn(1000, 16)
+    metric = PrecisionRecall()
+    metric.update(real, real=True)
+    metric.update(real[:5].repeat(200, 1), real=False)  # 5 styles, each drawn 200 times
+    collapsed_precision, collapsed_recall = metric.compute()
+    metric.reset()  # keeps the real points
+    metric.update(torch.randn(1000, 16) * 0.1 + 3.0, real=False)  # a blob away from the real points
+    noise_precision, _ = metric.compute()
+    metric.reset()
+    metric.update(torch.randn(1000, 16) * 3, real=False)  # spread wider: covers every real point, looks like none
+    wide_precision, wide_recall = metric.compute()
+    metric.reset()
+    metric.update(torch.randn(1000, 16), real=False)  # another draw of the real distribution
+    fair_precision, fair_recall = metric.compute()
+    assert collapsed_precision == 1.0 and collapsed_recall < 0.01
+    assert noise_precision < 0.01
+    assert wide_precision < 0.05 and wide_recall > 0.95
+    assert fair_precision > 0.6 and fair_recall > 0.6
+
+
+def test_precision_recall_across_two_ranks_equals_one_process_with_all_points():
+    real, fake = torch.randn(400, 8), torch.randn(300, 8) * 1.3
+    whole = PrecisionRecall()
+    whole.update(real, real=True)
+    whole.update(fake, real=False)
+    # rank 0's metric; torchmetrics gathers each cat state from both ranks, in the order they were added
+    rank1 = iter([real[200:], fake[150:]])
+    rank0 = PrecisionRecall(distributed_available_fn=lambda: True, dist_sync_fn=lambda t, group=None: [t, next(rank1)])
+    rank0.update(real[:200], real=True)
+    rank0.update(fake[:100], real=False)
+    rank0.update(fake[100:150], real=False)
+    assert [v.item() for v in rank0.compute()] == [v.item() for v in whole.compute()]
+    assert sum(len(t) for t in rank0.real_features) == 200  # its own share again after the sync

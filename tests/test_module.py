@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import math
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
+from pytorch_lightning.callbacks import Timer
 
+from cgan.errors import ConfigError
 from cgan.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
 from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
-from cgan.module import CGAN
+from cgan.module import CGAN, run_fraction
 
 
 def test_bce_losses_match_the_seeds_bce_on_sigmoid():
@@ -35,16 +38,22 @@ def make(ema_decay=None, g=None, d=None) -> CGAN:
     return CGAN(g or Generator(), d or Discriminator(), adam, adam, ema_decay=ema_decay)
 
 
-def test_ema_moves_toward_g_by_the_configured_decay():
+@pytest.mark.parametrize(
+    ("warmup", "batches", "decay"),
+    [(False, 1, 0.999), (True, 1, 2 / 11), (True, 990, 0.991), (True, 20000, 0.999)],
+)
+def test_ema_moves_toward_g_by_the_configured_decay_or_its_warm_up(warmup, batches, decay, monkeypatch):
     torch.manual_seed(0)
-    module = make(ema_decay=0.9)
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    module = CGAN(Generator(), Discriminator(), adam, adam, ema_decay=0.999, ema_warmup=warmup)
+    monkeypatch.setattr(CGAN, "global_step", property(lambda self: 2 * batches))  # two optimizer steps a batch
     before = [p.clone() for p in module.generator_ema.parameters()]
     with torch.no_grad():
         for p in module.generator.parameters():
             p.add_(1.0)
     module._update_ema()
     for old, ema, live in zip(before, module.generator_ema.parameters(), module.generator.parameters(), strict=True):
-        assert torch.allclose(ema, 0.9 * old + 0.1 * live)
+        assert torch.allclose(ema, decay * old + (1 - decay) * live, atol=1e-6)
     assert module.sampler is module.generator_ema
     assert not any(p.requires_grad for p in module.generator_ema.parameters())
 
@@ -100,3 +109,61 @@ def test_sample_uses_eval_mode_and_restores_the_mode(was_training):
     assert torch.allclose(module.sample(z[:5], y[:5]), images[:5], atol=1e-6)
     with torch.no_grad():  # in train mode it would depend on the batch
         assert not torch.allclose(module.generator.train()(z[:5], y[:5]), module.generator(z, y)[:5], atol=1e-3)
+
+
+class FakeTimer(Timer):
+    def __init__(self, elapsed: float, remaining: float | None) -> None:
+        super().__init__()
+        self.elapsed, self.remaining = elapsed, remaining
+
+    def time_elapsed(self, stage="train") -> float:
+        return self.elapsed
+
+    def time_remaining(self, stage="train") -> float | None:
+        return self.remaining
+
+
+def fake_trainer(max_epochs=-1, max_steps=-1, global_step=0, current_epoch=0, timer=None):
+    return SimpleNamespace(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        global_step=global_step,
+        current_epoch=current_epoch,
+        num_training_batches=10,
+        callbacks=[timer] if timer else [],
+    )
+
+
+def test_run_fraction_is_the_largest_share_of_any_limit_used():
+    assert run_fraction(fake_trainer(max_epochs=4, current_epoch=1), batch_idx=5) == 1.5 / 4
+    assert run_fraction(fake_trainer(max_epochs=4, max_steps=100, global_step=50), batch_idx=0) == 0.5
+    assert run_fraction(fake_trainer(timer=FakeTimer(elapsed=30.0, remaining=90.0)), batch_idx=0) == 0.25
+    assert run_fraction(fake_trainer(max_epochs=100, timer=FakeTimer(30.0, None)), batch_idx=0) == 0.0
+    assert run_fraction(fake_trainer(timer=FakeTimer(elapsed=130.0, remaining=-10.0)), batch_idx=0) == 1.0
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5, -0.2])
+def test_lr_decay_out_of_range_is_refused(decay):
+    with pytest.raises(ConfigError, match=rf"model.lr_decay must be in \(0, 1\] or null, got {decay}"):
+        CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, lr_decay=decay)
+
+
+def test_lr_decay_and_a_scheduler_together_are_refused():
+    with pytest.raises(ConfigError, match="model.lr_decay and an LR scheduler both set the learning rates"):
+        CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, g_scheduler=object(), lr_decay=0.5)
+
+
+def test_under_ddp_every_process_takes_rank_0s_lr_factor():
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    module = CGAN(Generator(), Discriminator(), adam, adam, lr_decay=1.0)
+    opt_g, opt_d = module.configure_optimizers()[0]
+    # this process's clock says a quarter of the run is done; rank 0's said 0.3 (a factor of 0.7)
+    trainer = fake_trainer(timer=FakeTimer(elapsed=25.0, remaining=75.0))
+    trainer.world_size, trainer.optimizers = 2, [opt_g, opt_d]
+    trainer.strategy = SimpleNamespace(broadcast=lambda value: torch.tensor(0.7))
+    module._trainer = trainer
+    module._decay_learning_rates(batch_idx=0)
+    assert [opt.param_groups[0]["lr"] for opt in (opt_g, opt_d)] == pytest.approx([0.0007, 0.0007])
+    trainer.world_size = 1
+    module._decay_learning_rates(batch_idx=0)
+    assert [opt.param_groups[0]["lr"] for opt in (opt_g, opt_d)] == pytest.approx([0.00075, 0.00075])

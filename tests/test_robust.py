@@ -85,7 +85,7 @@ def test_a_checkpoint_with_nan_weights_is_never_written(tiny_mnist, in_tmp):
         (["--model.g_optimizer.lr=-1"], "error: model.g_optimizer: Invalid learning rate: -1.0."),
         (["--model.d_optimizer.lr=0"], "error: model.d_optimizer: the learning rate must be positive, got 0.0."),
         (["--model.generator.noise_dim=0"], "error: Generator: noise_dim and hidden_dim must be positive, got 0"),
-        (["--trainer.max_epochs=-2"], "error: trainer.max_epochs must be 0 or more, got -2."),
+        (["--trainer.max_epochs=-2"], "error: trainer.max_epochs must be 0 or more, or -1 for no limit, got -2."),
     ],
 )
 def test_out_of_range_values_fail_before_anything_is_written(tiny_mnist, in_tmp, capsys, args, message):

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from helpers import callbacks_config
 from PIL import Image
 
 from cgan import evaluate, generate
@@ -20,6 +22,7 @@ from cgan.models import Discriminator, Generator
 from cgan.module import CGAN
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+QUALITY = BENCH.with_name("quality.py")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -177,30 +180,56 @@ def test_evaluate_prints_every_row(trained, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["generated", "real", "(train)"]
-    for label in ["FID", "intra-class FID", "accuracy", *(f"accuracy {c}" for c in range(10))]:
+    for label in ["FID", "intra-class FID", "accuracy", "precision", "recall", *(f"accuracy {c}" for c in range(10))]:
         row = next(line for line in lines if line.strip().startswith(label + " ") or line.strip() == label)
         assert len(row.replace(label, "", 1).split()) == 2, row
     table = scores(out)
     assert all(np.isfinite(v) for values in table.values() for v in values)  # no nan, no inf
     assert table["FID"][0] > 0 and 0 <= table["accuracy"][0] <= 100
+    assert all(0 <= v <= 1 for v in table["precision"] + table["recall"])
 
 
 @pytest.mark.slow
 def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
-    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--epochs", "1", "--rounds", "2"]
+    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--epochs", "2"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
         row = next(line for line in out.stdout.splitlines() if line.startswith(label))
         numbers = [float(v) for v in row[len(label) :].split()]
-        assert len(numbers) == 1 + 1 + 2 + 1  # median, images/s, one epoch per round, peak memory
+        assert len(numbers) == 1 + 1 + 2 + 1  # median, images/s, the two epochs, peak memory
         assert all(v > 0 for v in numbers)
         # images/s = the fixture's 200 training images / the median, which is printed rounded to 0.01 s
         assert 200 / (numbers[0] + 0.005) - 1 <= numbers[1] <= 200 / max(numbers[0] - 0.005, 1e-3) + 1
     ratios = re.search(r"\(a\)/\(c\) = ([\d.]+)\s+\(c\)/\(b\) = ([\d.]+)", out.stdout)
     assert ratios and float(ratios[1]) > 0 and float(ratios[2]) > 0
-    assert out.stdout.count("one val/fid + val/acc evaluation") == 2
+    assert out.stdout.count("one val/fid + val/acc evaluation") == 1  # after the last epoch
     assert "FLOP floor: " in out.stdout
+
+
+@pytest.mark.slow
+def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_runs(tiny_mnist, tmp_path):
+    # after "--", for train.py: scored once, at the run's end (not every 10 of the fixture's tiny epochs)
+    rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
+    args = [sys.executable, str(QUALITY), "--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "1", "2"]
+    args += ["--per-class", "10", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}", "--data.batch_size=50"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    unit = float(re.search(r"the seed's loop: ([\d.]+) s per epoch \(median of 1\)", lines[0])[1])
+    assert "config default" in lines[0] and unit > 0
+    assert lines[1].split()[:5] == ["budget", "(seed", "epochs)", "seconds", "wall"]
+    for budget, line in zip((1, 2), lines[2:4]):
+        cells = line.split()
+        assert float(cells[0]) == budget and float(cells[1]) == pytest.approx(budget * unit, abs=0.5)
+        seconds, wall, epochs = (float(c) for c in cells[1:4])
+        assert wall >= max(1, round(seconds)) and epochs > 0
+        fid, intra, acc, precision, recall = (float(c.rstrip("%")) for c in cells[4:])
+        assert fid > 0 and intra > 0 and 0 <= acc <= 100 and 0 <= precision <= 1 and 0 <= recall <= 1
+        run = tmp_path / "runs" / f"budget_{budget}" / "lightning_logs" / "version_0"
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "000.png").is_file()
+        assert yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"] == 50  # "--" args reach train.py
+    assert lines[4].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 5
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")

@@ -11,6 +11,7 @@ from helpers import callbacks_config, recorder
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cgan.callbacks import VAL_METRICS
 from cgan.cli import main, run
 
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
@@ -58,13 +59,14 @@ def test_in_training_metrics_and_times_are_logged_on_their_schedule(tiny_mnist, 
     train(tiny_mnist, f"--config={config}", "--max_epochs=3")
     events = EventAccumulator(str(in_tmp / "lightning_logs" / "version_0"))
     events.Reload()
-    scores = {tag: events.Scalars(tag)[1:] for tag in ("val/fid", "val/fid_intra", "val/acc")}
+    scores = {tag: events.Scalars(tag)[1:] for tag in VAL_METRICS}
+    assert set(scores) == {"val/fid", "val/fid_intra", "val/acc", "val/precision", "val/recall"}
     for tag, values in scores.items():  # after the HPARAMS view's placeholder: every 2nd epoch and the last
         assert math.isnan(events.Scalars(tag)[0].value) and events.Scalars(tag)[0].step == 0, tag
         assert [e.step for e in values] == [2 * BATCHES - 1, 3 * BATCHES - 1], tag
     for e in scores["val/fid"] + scores["val/fid_intra"]:
         assert math.isfinite(e.value) and e.value > 0
-    assert all(0 <= e.value <= 1 for e in scores["val/acc"])
+    assert all(0 <= e.value <= 1 for tag in ("val/acc", "val/precision", "val/recall") for e in scores[tag])
     times = events.Scalars("time/epoch_seconds")
     assert [e.step for e in times] == [0, 1, 2] and all(e.value > 0 for e in times)
     assert [e.step for e in events.Images("samples")] == [0, 1, 2]  # the image's step is the epoch
@@ -171,3 +173,30 @@ def test_dcgan_config_trains_and_resumes_with_its_ema(tiny_mnist, in_tmp):
     restored = recorder(second).initial
     for k, v in ema.items():  # the EMA weights continued from the checkpoint
         assert torch.equal(restored[k], v), k
+
+
+def test_lr_decay_falls_linearly_to_zero_over_the_last_part_of_the_run(tiny_mnist, in_tmp):
+    trainer = train(tiny_mnist, "--max_epochs=2", "--model.lr_decay=0.5", "--trainer.callbacks+=helpers.LRLog")
+    rates = next(cb for cb in trainer.callbacks if type(cb).__name__ == "LRLog").rates
+    done = [(epoch + batch / BATCHES) / 2 for epoch in range(2) for batch in range(BATCHES)]
+    expected = [0.001 * min(1.0, (1.0 - f) / 0.5) for f in done]
+    assert [g for g, _ in rates] == pytest.approx(expected, abs=1e-12)
+    assert [d for _, d in rates] == pytest.approx(expected, abs=1e-12)
+    assert rates[BATCHES // 2][0] == 0.001 and rates[-1][0] == pytest.approx(0.0001)  # flat, then down to 1/10
+    assert [group["initial_lr"] for opt in trainer.optimizers for group in opt.param_groups] == [0.001, 0.001]
+
+
+def test_a_run_stopped_by_the_clock_decays_its_lr_on_time_and_is_scored_at_its_end(tiny_mnist, in_tmp):
+    rare = {"every_n_epochs": 1000}
+    config = callbacks_config(in_tmp / "clock.yaml", {"DigitMetrics": {**rare, "per_class": 20}, "SampleGrid": rare})
+    clock = ["--max_epochs=-1", "--trainer.max_time=00:00:00:03", "--model.lr_decay=1.0"]
+    trainer = train(tiny_mnist, f"--config={config}", *clock, "--trainer.callbacks+=helpers.LRLog")
+    rates = [g for g, _ in next(cb for cb in trainer.callbacks if type(cb).__name__ == "LRLog").rates]
+    assert len(rates) > BATCHES and rates == sorted(rates, reverse=True)  # no epoch limit: the clock's share
+    assert rates[0] > 0.0008 and rates[-1] < 0.0004  # 3 s of training, the first batches near its start
+    last_batch = trainer.global_step // 2 - 1
+    events = EventAccumulator(str(in_tmp / "lightning_logs" / "version_0"))
+    events.Reload()
+    for tag in VAL_METRICS:  # the HPARAMS placeholder, then the scores of the run's end
+        assert [e.step for e in events.Scalars(tag)] == [0, last_batch], tag
+    assert [e.step for e in events.Images("samples")] == [trainer.current_epoch - 1]  # the epoch it stopped in

@@ -1,0 +1,143 @@
+"""Quality per minute of training: a config trained for budgets counted in epochs of the seed's loop.
+
+    python bench/quality.py --data_dir DIR [--config dcgan] [--budgets 8 25] [--seed-epochs 1]
+
+DIR holds ``MNIST/raw``. The budgets are counted in epochs of the seed's original loop (variant
+(a) of ``bench/speed.py``), timed first in the same run, so a row means the same on a fast and
+a slow machine. Then, one after another, in fresh processes:
+
+    1. ``--seed-epochs`` epochs of the seed's loop; its median epoch is the unit ``E``.
+    2. For each budget B: ``python train.py --config C --trainer.max_time B x E`` in a scratch
+       folder, with no epoch limit, so the run stops on the clock (the config's LR schedule,
+       if it has one, sees the time limit).
+    3. ``cgan-evaluate``'s metrics on its last checkpoint: 10,000 generated digits (EMA
+       generator when there is one) against the 10,000 test digits.
+
+It prints one row per budget (seconds, the epochs the run trained, FID, intra-class FID,
+accuracy, precision, recall) and a row for 10,000 real training digits, the ceiling.
+``--keep DIR`` keeps the runs (``DIR/budget_B/lightning_logs/version_0``: grids, checkpoints,
+TensorBoard events); arguments after ``--`` go to every ``train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def seed_epoch_seconds(data_dir: str, epochs: int) -> float:
+    """The median seconds of an epoch of the seed's own loop, timed by ``bench/speed.py`` in a fresh process."""
+    cmd = [sys.executable, str(ROOT / "bench" / "speed.py"), "--only", "seed", "--data_dir", data_dir]
+    out = subprocess.run([*cmd, "--epochs", str(epochs)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"the seed's loop failed:\n{out.stderr[-3000:]}")
+    return statistics.median(json.loads(out.stdout.strip().splitlines()[-1])["times"])
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as the OS reports it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def max_time(seconds: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for ``seconds`` (rounded to a whole second, at least 1)."""
+    s = max(1, round(seconds))
+    return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def train(config: str, data_dir: str, seconds: float, root: Path, extra: list[str]) -> tuple[Path, float]:
+    """Train ``config`` for ``seconds`` in a fresh process under ``root``: (its last checkpoint, wall seconds)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        config,
+        f"--data.data_dir={os.path.abspath(data_dir)}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_epochs=-1",  # the clock stops the run
+        f"--trainer.max_time={max_time(seconds)}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        sys.exit(f"training {config} failed:\n{out.stderr[-3000:]}")
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", wall
+
+
+def trained_epochs(ckpt: Path, train_digits: int) -> float:
+    """Epochs a checkpoint has trained, with the fraction of an unfinished one."""
+    from cgan.checkpoint import load
+
+    state = load(ckpt)
+    batches = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    return batches / -(-train_digits // state["datamodule_hyper_parameters"]["batch_size"])
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw")
+    parser.add_argument("--config", default="dcgan", help="a shipped config's name or a YAML file (default dcgan)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[8, 25], help="in epochs of the seed's loop")
+    parser.add_argument("--seed-epochs", type=int, default=1, help="epochs of the seed's loop to time (default 1)")
+    parser.add_argument("--per-class", type=int, default=1000, help="generated digits per class scored (default 1000)")
+    parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
+    opts = parser.parse_args(ours)
+    if any(b <= 0 for b in opts.budgets):
+        parser.error(f"--budgets must be positive, got {opts.budgets}")
+
+    import torch
+
+    from cgan.data import load_split
+    from cgan.evaluate import evaluate_all
+
+    unit = seed_epoch_seconds(opts.data_dir, opts.seed_epochs)
+    print(
+        f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"config {opts.config}; the seed's loop: {unit:.2f} s per epoch (median of {opts.seed_epochs})",
+        flush=True,
+    )
+    header = f"{'budget (seed epochs)':>22}{'seconds':>9}{'wall':>7}{'epochs':>8}"
+    header += "".join(f"{name:>11}" for name in ("FID", "intra FID", "accuracy", "precision", "recall"))
+    print(header, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        keep = opts.keep or Path(tmp)
+        for budget in opts.budgets:
+            seconds = budget * unit
+            ckpt, wall = train(opts.config, opts.data_dir, seconds, keep / f"budget_{budget:g}", extra)
+            epochs = trained_epochs(ckpt, len(load_split(opts.data_dir)[1]))
+            (scores,), real = evaluate_all([str(ckpt)], opts.data_dir, per_class=opts.per_class)
+            print(f"{budget:>22g}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(scores)}", flush=True)
+    print(f"{'real digits (ceiling)':>22}{'':>24}{row(real)}")
+
+
+def row(scores: dict) -> str:
+    """The metric cells of a table row: FIDs to two decimals, fractions as percentages or to three."""
+    cells = [f"{scores['fid'].item():>11.2f}", f"{scores['fid_intra'].item():>11.2f}"]
+    cells.append(f"{scores['acc'].item() * 100:>10.2f}%")
+    cells += [f"{scores[name].item():>11.3f}" for name in ("precision", "recall")]
+    return "".join(cells)
+
+
+if __name__ == "__main__":
+    main()
