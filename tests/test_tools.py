@@ -208,10 +208,10 @@ def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
 
 
 @pytest.mark.slow
-def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_runs(tiny_mnist, tmp_path):
+def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist, tmp_path):
     # after "--", for train.py: scored once, at the run's end (not every 10 of the fixture's tiny epochs)
     rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
-    args = [sys.executable, str(QUALITY), "--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "1", "2"]
+    args = [sys.executable, str(QUALITY), "--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2"]
     args += ["--per-class", "10", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}", "--data.batch_size=50"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -219,17 +219,16 @@ def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_runs(tiny_mnist
     unit = float(re.search(r"the seed's loop: ([\d.]+) s per epoch \(median of 1\)", lines[0])[1])
     assert "config default" in lines[0] and unit > 0
     assert lines[1].split()[:5] == ["budget", "(seed", "epochs)", "seconds", "wall"]
-    for budget, line in zip((1, 2), lines[2:4]):
-        cells = line.split()
-        assert float(cells[0]) == budget and float(cells[1]) == pytest.approx(budget * unit, abs=0.5)
-        seconds, wall, epochs = (float(c) for c in cells[1:4])
-        assert wall >= max(1, round(seconds)) and epochs > 0
-        fid, intra, acc, precision, recall = (float(c.rstrip("%")) for c in cells[4:])
-        assert fid > 0 and intra > 0 and 0 <= acc <= 100 and 0 <= precision <= 1 and 0 <= recall <= 1
-        run = tmp_path / "runs" / f"budget_{budget}" / "lightning_logs" / "version_0"
-        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "000.png").is_file()
-        assert yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"] == 50  # "--" args reach train.py
-    assert lines[4].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 5
+    cells = lines[2].split()
+    assert float(cells[0]) == 2 and float(cells[1]) == pytest.approx(2 * unit, abs=0.5)
+    seconds, wall, epochs = (float(c) for c in cells[1:4])
+    assert wall >= max(1, round(seconds)) and epochs > 0
+    fid, intra, acc, precision, recall = (float(c.rstrip("%")) for c in cells[4:])
+    assert fid > 0 and intra > 0 and 0 <= acc <= 100 and 0 <= precision <= 1 and 0 <= recall <= 1
+    run = tmp_path / "runs" / "budget_2" / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "000.png").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"] == 50  # "--" args reach train.py
+    assert lines[3].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
