@@ -10,7 +10,8 @@ a slow machine. Then, one after another, in fresh processes:
     2. For each budget B: ``python train.py --config C --trainer.max_time B x E`` in a scratch
        folder, with no epoch limit, so the run stops on the clock (the config's LR schedule,
        if it has one, sees the time limit).
-    3. ``cgan-evaluate``'s metrics on its last checkpoint: 10,000 generated digits (EMA
+    3. Once every run is done, ``cgan-evaluate``'s metrics on each run's last checkpoint (the
+       data read and the real digits scored once for all): 10,000 generated digits (EMA
        generator when there is one) against the 10,000 test digits.
 
 It prints one row per budget (seconds, the epochs the run trained, FID, intra-class FID,
@@ -117,17 +118,21 @@ def main(args: list[str] | None = None) -> None:
         f"config {opts.config}; the seed's loop: {unit:.2f} s per epoch (median of {opts.seed_epochs})",
         flush=True,
     )
-    header = f"{'budget (seed epochs)':>22}{'seconds':>9}{'wall':>7}{'epochs':>8}"
-    header += "".join(f"{name:>11}" for name in ("FID", "intra FID", "accuracy", "precision", "recall"))
-    print(header, flush=True)
+    train_digits = len(load_split(opts.data_dir)[1])
     with tempfile.TemporaryDirectory() as tmp:
         keep = opts.keep or Path(tmp)
+        runs = []  # (budget, seconds, wall seconds, last checkpoint)
         for budget in opts.budgets:
             seconds = budget * unit
             ckpt, wall = train(opts.config, opts.data_dir, seconds, keep / f"budget_{budget:g}", extra)
-            epochs = trained_epochs(ckpt, len(load_split(opts.data_dir)[1]))
-            (scores,), real = evaluate_all([str(ckpt)], opts.data_dir, per_class=opts.per_class)
-            print(f"{budget:>22g}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(scores)}", flush=True)
+            runs.append((budget, seconds, wall, ckpt))
+        # one evaluation for every run: the data is read and the real digits are scored once
+        generated, real = evaluate_all([str(ckpt) for *_, ckpt in runs], opts.data_dir, per_class=opts.per_class)
+        header = f"{'budget (seed epochs)':>22}{'seconds':>9}{'wall':>7}{'epochs':>8}"
+        print(header + "".join(f"{name:>11}" for name in ("FID", "intra FID", "accuracy", "precision", "recall")))
+        for (budget, seconds, wall, ckpt), scores in zip(runs, generated):
+            epochs = trained_epochs(ckpt, train_digits)
+            print(f"{budget:>22g}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(scores)}")
     print(f"{'real digits (ceiling)':>22}{'':>24}{row(real)}")
 
 
