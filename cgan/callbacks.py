@@ -123,9 +123,9 @@ class HparamsTable(pl.Callback):
     last value of each, so the scores ``DigitMetrics`` logs later fill the columns. Settings:
     ``generator`` and ``discriminator`` (class names), ``loss``, ``g_lr`` and ``d_lr`` (the
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
-    there is no EMA: an average with decay 0 is the live generator), ``lr_decay`` (0 for
-    none), ``max_epochs`` and
-    ``dataset``; Lightning adds them to the run's ``hparams.yaml`` too.
+    there is no EMA: an average with decay 0 is the live generator), ``lr_decay``,
+    ``r1_gamma`` and ``mismatch`` (0 for none), ``max_epochs`` and ``dataset``; Lightning adds
+    them to the run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
     with: the checkpoint records where the row was written. Rank 0 only, as the logger.
@@ -164,6 +164,8 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "batch_size": data.batch_size,
         "ema_decay": pl_module.ema_decay or 0.0,
         "lr_decay": pl_module.lr_decay or 0.0,
+        "r1_gamma": pl_module.r1_gamma or 0.0,
+        "mismatch": pl_module.mismatch or 0.0,
         "max_epochs": trainer.max_epochs,
         "dataset": data.dataset,
     }

@@ -180,31 +180,42 @@ class ConvGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """A projection discriminator (Miyato & Koyama, 2018) with spectral normalization.
+    """A projection discriminator (Miyato & Koyama, 2018).
 
     ``logit = w . h(x) + embed(y) . h(x)`` where ``h(x)`` is the flattened conv feature map:
     ``(1, 28, 28) -> (C, 14, 14) -> (2C, 7, 7) -> (4C, 7, 7) -> (4C * 49,)``. Keeping the
     positions matters at this size: pooled over space, the features only said which strokes
     occur, not where, and G never learned whole digits.
+
+    Args:
+        channels: ``C`` above.
+        num_classes: number of labels.
+        spectral: spectral normalization on every layer (Miyato et al., 2018), one way to keep
+            D's slopes bounded. Without it, bound them otherwise (``CGAN``'s ``r1_gamma``); the
+            class embedding then starts at scale ``1 / sqrt(4C * 49)``, so the first logits are
+            of order one rather than of order ``sqrt(4C * 49)``.
     """
 
-    def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
+    def __init__(self, channels: int = 32, num_classes: int = 10, spectral: bool = True) -> None:
         super().__init__()
         if channels <= 0:
             raise ConfigError(f"ConvDiscriminator: channels must be positive, got {channels}.")
         self.num_classes = num_classes
         c = channels
+        sn = spectral_norm if spectral else (lambda m: m)
         self.features = nn.Sequential(
-            spectral_norm(nn.Conv2d(1, c, 4, stride=2, padding=1)),
+            sn(nn.Conv2d(1, c, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.1, inplace=True),
-            spectral_norm(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),
+            sn(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.1, inplace=True),
-            spectral_norm(nn.Conv2d(2 * c, 4 * c, 3, padding=1)),
+            sn(nn.Conv2d(2 * c, 4 * c, 3, padding=1)),
             nn.LeakyReLU(0.1, inplace=True),
             nn.Flatten(),
         )
-        self.linear = spectral_norm(nn.Linear(4 * c * 7 * 7, 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, 4 * c * 7 * 7))
+        self.linear = sn(nn.Linear(4 * c * 7 * 7, 1))
+        self.embed = sn(nn.Embedding(num_classes, 4 * c * 7 * 7))
+        if not spectral:
+            nn.init.normal_(self.embed.weight, std=(4 * c * 7 * 7) ** -0.5)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         h = self.features(x)

@@ -83,6 +83,12 @@ class CGAN(pl.LightningModule):
         lr_decay: if set, both learning rates fall linearly to zero, batch by batch, over the
             last ``lr_decay`` of the run (1.0: the whole run). The run's length is that of
             ``run_fraction``: a run stopped on the clock (``max_time``) ends its decay on time.
+        r1_gamma: if set, D's loss gets the zero-centred gradient penalty ``r1_penalty`` with
+            this weight, which keeps G's digits varied within each class.
+        r1_every: compute that penalty on every ``r1_every``-th batch only (weighted up to match).
+        mismatch: if set, this share of each batch's real digits is shown to D a second time
+            with a wrong label, among the generated ones (the matching-aware discriminator of
+            Reed et al., 2016), so D learns to check the label and G to draw the digit asked for.
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
         seed: seed of the training noise and dropout: each batch draws from the global RNG
             seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
@@ -101,6 +107,9 @@ class CGAN(pl.LightningModule):
         ema_decay: float | None = None,
         ema_warmup: bool = False,
         lr_decay: float | None = None,
+        r1_gamma: float | None = None,
+        r1_every: int = 4,
+        mismatch: float | None = None,
         sample_seed: int = 0,
         seed: int = 0,
     ) -> None:
@@ -111,6 +120,12 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
         if lr_decay is not None and not 0.0 < lr_decay <= 1.0:
             raise ConfigError(f"model.lr_decay must be in (0, 1] or null, got {lr_decay}.")
+        if r1_gamma is not None and not r1_gamma > 0:
+            raise ConfigError(f"model.r1_gamma must be positive or null, got {r1_gamma}.")
+        if r1_every < 1:
+            raise ConfigError(f"model.r1_every must be 1 or more (batches), got {r1_every}.")
+        if mismatch is not None and not 0.0 < mismatch <= 1.0:
+            raise ConfigError(f"model.mismatch must be in (0, 1] or null, got {mismatch}.")
         if lr_decay is not None and (g_scheduler is not None or d_scheduler is not None):
             raise ConfigError("model.lr_decay and an LR scheduler both set the learning rates: use one of them.")
         # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
@@ -126,6 +141,7 @@ class CGAN(pl.LightningModule):
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
         self.ema_decay, self.ema_warmup, self.lr_decay, self.seed = ema_decay, ema_warmup, lr_decay, seed
+        self.r1_gamma, self.r1_every, self.mismatch = r1_gamma, r1_every, mismatch
         self._ema_stats_stale = True
         self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
@@ -211,12 +227,19 @@ class CGAN(pl.LightningModule):
         z = torch.randn(x.size(0), self.noise_dim, device=x.device)
         fake = self.generator(z, y)
 
-        # Real and generated images go through D as one batch of 2B (same maths, one matmul each).
-        logits = self.discriminator(torch.cat([x, fake.detach()]), torch.cat([y, y]))
-        d_real, d_fake = logits.split(x.size(0))
+        # Real and generated images go through D as one batch (same maths, one matmul each); with
+        # `mismatch`, some real digits come again under a wrong label, on the generated side.
+        x_in, y_in = torch.cat([x, fake.detach()]), torch.cat([y, y])
+        if self.mismatch is not None:
+            m = max(1, round(self.mismatch * x.size(0)))
+            wrong = (y[:m] + torch.randint_like(y[:m], 1, self.num_classes)) % self.num_classes
+            x_in, y_in = torch.cat([x_in, x[:m]]), torch.cat([y_in, wrong])
+        d_real, d_fake = self.discriminator(x_in, y_in).split([x.size(0), x_in.size(0) - x.size(0)])
         d_loss = self.d_loss_fn(d_real, d_fake)
+        d_fake = d_fake[: x.size(0)]  # the generated digits' scores, for the logged d_fake
+        penalty = self.r1_penalty(x, y, batch_idx)
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
+        self.manual_backward(d_loss if penalty is None else d_loss + penalty)
         opt_d.step()
 
         self.discriminator.requires_grad_(False)
@@ -233,6 +256,21 @@ class CGAN(pl.LightningModule):
             self.train_stats.update(stats.float())
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
+
+    def r1_penalty(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor | None:
+        """D's R1 penalty on real digits ``x (B, 1, 28, 28)``, or None on batches that skip it.
+
+        ``r1_gamma / 2 * mean_i ||grad_x D(x_i, y_i)||^2`` (Mescheder et al., 2018): D's slope
+        at the data is pushed to zero, so it stops sharpening its boundary around the real
+        digits and G keeps being pulled toward all of them. Computed lazily (Karras et al.,
+        2020) on every ``r1_every``-th batch and weighted by ``r1_every``, which keeps its
+        average and costs 1 / ``r1_every`` of a double backward pass per batch.
+        """
+        if self.r1_gamma is None or batch_idx % self.r1_every:
+            return None
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.discriminator(x, y).sum(), x, create_graph=True)
+        return 0.5 * self.r1_gamma * self.r1_every * grad.square().flatten(1).sum(1).mean()
 
     @torch.no_grad()
     def _update_ema(self) -> None:

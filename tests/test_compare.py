@@ -94,6 +94,8 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "batch_size",
         "ema_decay",
         "lr_decay",
+        "r1_gamma",
+        "mismatch",
         "max_epochs",
         "dataset",
     }
@@ -108,6 +110,8 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "batch_size": 20,
         "ema_decay": 0,
         "lr_decay": 0,
+        "r1_gamma": 0,
+        "mismatch": 0,
         "max_epochs": 1,
         "dataset": "MNIST",
     }
@@ -118,6 +122,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "hinge",
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
+    assert (dcgan["r1_gamma"], dcgan["mismatch"]) == (10.0, 0)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}

@@ -61,10 +61,18 @@ def test_shapes_range_and_label_conditioning(g_cls, d_cls):
     assert not torch.allclose(d(images, y), d(images, (y + 1) % 10))
 
 
-def test_conv_discriminator_is_spectrally_normalized():
-    d = ConvDiscriminator()
-    normalized = [name for name, _ in d.named_modules() if name.endswith("parametrizations.weight")]
-    assert len(normalized) == 5  # three convs, the linear head and the projection embedding
+def test_conv_discriminator_is_spectrally_normalized_unless_told_otherwise():
+    def normalized(d):
+        return [name for name, _ in d.named_modules() if name.endswith("parametrizations.weight")]
+
+    assert len(normalized(ConvDiscriminator())) == 5  # three convs, the linear head and the projection embedding
+    torch.manual_seed(0)
+    plain = ConvDiscriminator(spectral=False)
+    assert normalized(plain) == []
+    features = 4 * 32 * 7 * 7
+    assert abs(plain.embed.weight.std().item() * features**0.5 - 1.0) < 0.05  # not nn.Embedding's N(0, 1)
+    logits = plain(torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10)
+    assert logits.abs().max() < 5  # the first logits are of order one
 
 
 def test_conv_discriminator_sees_where_strokes_are():

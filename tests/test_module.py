@@ -148,6 +148,50 @@ def test_lr_decay_out_of_range_is_refused(decay):
         CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, lr_decay=decay)
 
 
+class LinearD(torch.nn.Module):
+    """``logit = w . x + b[y]``: its slope in ``x`` is ``w`` everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(1, 28, 28))
+        self.b = torch.nn.Parameter(torch.randn(10))
+
+    def forward(self, x, y):
+        return (x * self.w).flatten(1).sum(1) + self.b[y]
+
+
+def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_every_nth_batch():
+    torch.manual_seed(0)
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    d = LinearD()
+    module = CGAN(Generator(), d, adam, adam, r1_gamma=0.5, r1_every=3)
+    x, y = torch.randn(6, 1, 28, 28), torch.arange(6)
+    slope = d.w.detach().square().sum()
+    for batch_idx in (0, 3, 6):  # weighted by r1_every on the batches that compute it
+        assert torch.allclose(module.r1_penalty(x, y, batch_idx), 0.5 / 2 * 3 * slope)
+    assert [module.r1_penalty(x, y, i) for i in (1, 2, 4)] == [None, None, None]
+    module.r1_penalty(x, y, 0).backward()  # differentiable in D's weights: d/dw = gamma/2 * 3 * 2w
+    assert torch.allclose(d.w.grad, 0.5 / 2 * 3 * 2 * d.w.detach())
+    assert x.grad is None  # the batch itself is left alone
+    off = CGAN(Generator(), Discriminator(), adam, adam)
+    assert off.r1_penalty(x, y, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"r1_gamma": 0.0}, "model.r1_gamma must be positive or null, got 0.0"),
+        ({"r1_gamma": -1.0}, "model.r1_gamma must be positive or null, got -1.0"),
+        ({"r1_gamma": 1.0, "r1_every": 0}, r"model.r1_every must be 1 or more \(batches\), got 0"),
+        ({"mismatch": 0.0}, r"model.mismatch must be in \(0, 1\] or null, got 0.0"),
+        ({"mismatch": 1.5}, r"model.mismatch must be in \(0, 1\] or null, got 1.5"),
+    ],
+)
+def test_d_regularizer_settings_out_of_range_are_refused(kwargs, text):
+    with pytest.raises(ConfigError, match=text):
+        CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, **kwargs)
+
+
 def test_lr_decay_and_a_scheduler_together_are_refused():
     with pytest.raises(ConfigError, match="model.lr_decay and an LR scheduler both set the learning rates"):
         CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, g_scheduler=object(), lr_decay=0.5)

@@ -13,6 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cgan.callbacks import VAL_METRICS
 from cgan.cli import main, run
+from cgan.losses import LOSSES
+from cgan.models import Discriminator
+from cgan.module import CGAN
 
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
 BATCHES = 10  # 200 fixture images / 20
@@ -173,6 +176,53 @@ def test_dcgan_config_trains_and_resumes_with_its_ema(tiny_mnist, in_tmp):
     restored = recorder(second).initial
     for k, v in ema.items():  # the EMA weights continued from the checkpoint
         assert torch.equal(restored[k], v), k
+
+
+def test_the_r1_penalty_enters_ds_updates_on_every_nth_batch(tiny_mnist, in_tmp, monkeypatch):
+    computed, weight = [], [1.0]
+    penalty = CGAN.r1_penalty
+
+    def spy(self, x, y, batch_idx):
+        value = penalty(self, x, y, batch_idx)
+        if value is not None:
+            computed.append(batch_idx)
+            value = value * weight[0]
+        return value
+
+    monkeypatch.setattr(CGAN, "r1_penalty", spy)
+    r1 = ["--max_epochs=1", "--model.r1_gamma=10.0", "--model.r1_every=4"]
+    penalized = train(tiny_mnist, *r1, "--trainer.default_root_dir=a").lightning_module.state_dict()
+    assert computed == [0, 4, 8]
+    weight[0] = 0.0  # the same run, the same random draws, the penalty's value zeroed
+    zeroed = train(tiny_mnist, *r1, "--trainer.default_root_dir=b").lightning_module.state_dict()
+    assert computed == [0, 4, 8] * 2
+    assert not torch.equal(penalized["discriminator.model.0.weight"], zeroed["discriminator.model.0.weight"])
+
+
+def test_mismatch_shows_d_a_share_of_the_real_digits_again_under_wrong_labels_as_fakes(tiny_mnist, in_tmp, monkeypatch):
+    seen, scored = [], []
+    forward = Discriminator.forward
+
+    def spy(self, x, y):
+        seen.append((x.detach().clone(), y.clone()))
+        return forward(self, x, y)
+
+    d_loss, g_loss = LOSSES["bce"]
+
+    def scoring(real, fake):
+        scored.append((len(real), len(fake)))
+        return d_loss(real, fake)
+
+    monkeypatch.setattr(Discriminator, "forward", spy)
+    monkeypatch.setitem(LOSSES, "bce", (scoring, g_loss))
+    train(tiny_mnist, "--max_epochs=1", "--model.mismatch=0.25")
+    d_steps = [(x, y) for x, y in seen if len(x) != 20]  # the G steps score the 20 generated digits alone
+    assert len(d_steps) == BATCHES
+    for x, y in d_steps:  # 20 real, 20 generated, then 5 of the real again (0.25 x 20) under other labels
+        assert x.shape == (45, 1, 28, 28)
+        assert torch.equal(x[40:], x[:5]) and not torch.equal(x[20:25], x[:5])
+        assert torch.equal(y[20:40], y[:20]) and (y[40:] != y[:5]).all() and 0 <= y.min() <= y.max() < 10
+    assert scored == [(20, 25)] * BATCHES  # the 5 are on the generated side of D's loss
 
 
 def test_lr_decay_falls_linearly_to_zero_over_the_last_part_of_the_run(tiny_mnist, in_tmp):
