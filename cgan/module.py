@@ -264,7 +264,8 @@ class CGAN(pl.LightningModule):
         at the data is pushed to zero, so it stops sharpening its boundary around the real
         digits and G keeps being pulled toward all of them. Computed lazily (Karras et al.,
         2020) on every ``r1_every``-th batch and weighted by ``r1_every``, which keeps its
-        average and costs 1 / ``r1_every`` of a double backward pass per batch.
+        average; on those batches it costs a second D pass over the real digits and a double
+        backward pass. The logged ``train/d_loss`` is D's GAN loss without it.
         """
         if self.r1_gamma is None or batch_idx % self.r1_every:
             return None

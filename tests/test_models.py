@@ -72,7 +72,7 @@ def test_conv_discriminator_is_spectrally_normalized_unless_told_otherwise():
     features = 4 * 32 * 7 * 7
     assert abs(plain.embed.weight.std().item() * features**0.5 - 1.0) < 0.05  # not nn.Embedding's N(0, 1)
     logits = plain(torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10)
-    assert logits.abs().max() < 5  # the first logits are of order one
+    assert logits.abs().max() < 0.5  # 7.3 with nn.Embedding's N(0, 1) start, for this seed
 
 
 def test_conv_discriminator_sees_where_strokes_are():
