@@ -234,9 +234,9 @@ class CGAN(pl.LightningModule):
             m = max(1, round(self.mismatch * x.size(0)))
             wrong = (y[:m] + torch.randint_like(y[:m], 1, self.num_classes)) % self.num_classes
             x_in, y_in = torch.cat([x_in, x[:m]]), torch.cat([y_in, wrong])
-        d_real, d_fake = self.discriminator(x_in, y_in).split([x.size(0), x_in.size(0) - x.size(0)])
-        d_loss = self.d_loss_fn(d_real, d_fake)
-        d_fake = d_fake[: x.size(0)]  # the generated digits' scores, for the logged d_fake
+        d_real, d_fake_side = self.discriminator(x_in, y_in).split([x.size(0), x_in.size(0) - x.size(0)])
+        d_loss = self.d_loss_fn(d_real, d_fake_side)
+        d_fake = d_fake_side[: x.size(0)]  # the generated digits' scores alone, for train/d_fake
         penalty = self.r1_penalty(x, y, batch_idx)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss if penalty is None else d_loss + penalty)

@@ -75,13 +75,17 @@ def test_in_training_metrics_and_times_are_logged_on_their_schedule(tiny_mnist, 
     assert [e.step for e in events.Images("samples")] == [0, 1, 2]  # the image's step is the epoch
 
 
-def test_logged_d_real_and_d_fake_are_d_of_real_and_of_generated_digits(tiny_mnist, in_tmp):
+@pytest.mark.parametrize("mismatch", [None, 0.25])
+def test_logged_d_real_and_d_fake_are_d_of_real_and_of_generated_digits(tiny_mnist, in_tmp, mismatch):
     nets = ["--model.generator=helpers.MarkedGenerator", "--model.discriminator=helpers.MarkedDiscriminator"]
-    metrics = train(tiny_mnist, "--max_epochs=1", *nets).callback_metrics
+    metrics = train(tiny_mnist, "--max_epochs=1", *nets, f"--model.mismatch={mismatch or 'null'}").callback_metrics
     assert metrics["train/d_real"].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    # only G's digits: not the real ones shown again under wrong labels (logit +3)
     assert metrics["train/d_fake"].item() == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item())
-    d_loss = 2 * torch.nn.functional.softplus(torch.tensor(-3.0)).item()  # BCE of both halves
-    assert metrics["train/d_loss"].item() == pytest.approx(d_loss)
+    real_term, fake_term = torch.nn.functional.softplus(torch.tensor([-3.0, -3.0])).tolist()
+    if mismatch:  # 5 real digits join the 20 generated ones on D's fake side, each scored softplus(3)
+        fake_term = (20 * fake_term + 5 * torch.nn.functional.softplus(torch.tensor(3.0)).item()) / 25
+    assert metrics["train/d_loss"].item() == pytest.approx(real_term + fake_term)
     assert metrics["train/g_loss"].item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(3.0)).item())
 
 
