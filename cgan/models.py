@@ -2,7 +2,9 @@
 
 Every generator maps ``(z (B, noise_dim), y (B,) int64)`` to images ``(B, 1, 28, 28)`` in
 [-1, 1] and exposes ``noise_dim`` and ``num_classes``. Every discriminator maps
-``(x (B, 1, 28, 28), y (B,))`` to logits ``(B,)``; the sigmoid lives in the loss.
+``(x (B, 1, 28, 28), y (B,))`` to logits ``(B,)``; the sigmoid lives in the loss. One with a
+class head (its ``classifier`` is not None) also takes ``classes=True`` and then returns
+``(logits (B,), class_logits (B, num_classes))``, for ``CGAN``'s ``aux_weight``.
 """
 
 from __future__ import annotations
@@ -195,9 +197,14 @@ class ConvDiscriminator(nn.Module):
             class embedding then starts at scale ``1 / sqrt(4C * 49)`` instead of
             ``nn.Embedding``'s 1, which keeps the projection term of the first logits
             ``sqrt(4C * 49)`` (about 80) times smaller.
+        classifier: a second head on the same features, ``Linear(4C * 49, num_classes)``,
+            that names the digit of an image without being told its label (the auxiliary
+            classifier of Odena et al., 2017); ``forward(x, y, classes=True)`` returns its logits too.
     """
 
-    def __init__(self, channels: int = 32, num_classes: int = 10, spectral: bool = True) -> None:
+    def __init__(
+        self, channels: int = 32, num_classes: int = 10, spectral: bool = True, classifier: bool = False
+    ) -> None:
         super().__init__()
         if channels <= 0:
             raise ConfigError(f"ConvDiscriminator: channels must be positive, got {channels}.")
@@ -217,7 +224,13 @@ class ConvDiscriminator(nn.Module):
         self.embed = sn(nn.Embedding(num_classes, 4 * c * 7 * 7))
         if not spectral:
             nn.init.normal_(self.embed.weight, std=(4 * c * 7 * 7) ** -0.5)
+        self.classifier = sn(nn.Linear(4 * c * 7 * 7, num_classes)) if classifier else None
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, classes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         h = self.features(x)
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        logits = self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        if not classes:
+            return logits
+        if self.classifier is None:
+            raise ConfigError("ConvDiscriminator: classes=True needs the class head: build it with classifier: true.")
+        return logits, self.classifier(h)

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from cgan.metrics import BatchMeans
 from cgan.models import recompute_batch_norm, training_mode
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
+AUX_STATS = ("d_class", "g_class")  # logged too with aux_weight
 
 
 def reseed_global_rng(*key: int) -> None:
@@ -63,7 +65,9 @@ class CGAN(pl.LightningModule):
 
     Logged per epoch (x-axis: batches trained): ``train/d_loss``, ``train/g_loss``,
     ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
-    probabilities.
+    probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
+    head's cross-entropy on the real digits and on G's. The two losses are the GAN losses alone,
+    without the R1 penalty or the class head's terms.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -89,6 +93,12 @@ class CGAN(pl.LightningModule):
         mismatch: if set, this share of each batch's real digits is shown to D a second time
             with a wrong label, among the generated ones (the matching-aware discriminator of
             Reed et al., 2016), so D learns to check the label and G to draw the digit asked for.
+        aux_weight: if set, the discriminator's class head (``ConvDiscriminator(classifier=True)``)
+            learns to name the digits of real images (cross-entropy, weight 1, in D's loss), and
+            G's loss gets ``aux_weight`` times that head's cross-entropy on G's digits against the
+            labels asked for, so a digit that could be read as another one costs G directly
+            (Odena et al., 2017's auxiliary classifier, trained on real digits only: trained on
+            G's too, D could help G by finding its digits easy to name).
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
         seed: seed of the training noise and dropout: each batch draws from the global RNG
             seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
@@ -110,6 +120,7 @@ class CGAN(pl.LightningModule):
         r1_gamma: float | None = None,
         r1_every: int = 4,
         mismatch: float | None = None,
+        aux_weight: float | None = None,
         sample_seed: int = 0,
         seed: int = 0,
     ) -> None:
@@ -126,6 +137,13 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.r1_every must be 1 or more (batches), got {r1_every}.")
         if mismatch is not None and not 0.0 < mismatch <= 1.0:
             raise ConfigError(f"model.mismatch must be in (0, 1] or null, got {mismatch}.")
+        if aux_weight is not None and not aux_weight > 0:
+            raise ConfigError(f"model.aux_weight must be positive or null, got {aux_weight}.")
+        if aux_weight is not None and getattr(discriminator, "classifier", None) is None:
+            raise ConfigError(
+                f"model.aux_weight needs a discriminator with a class head; {type(discriminator).__name__} has none. "
+                f"Use cgan.models.ConvDiscriminator with classifier: true, or set model.aux_weight: null."
+            )
         if lr_decay is not None and (g_scheduler is not None or d_scheduler is not None):
             raise ConfigError("model.lr_decay and an LR scheduler both set the learning rates: use one of them.")
         # Built from a config (LightningCLI), the networks are stored as class_path/init_args and
@@ -141,13 +159,13 @@ class CGAN(pl.LightningModule):
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
         self.ema_decay, self.ema_warmup, self.lr_decay, self.seed = ema_decay, ema_warmup, lr_decay, seed
-        self.r1_gamma, self.r1_every, self.mismatch = r1_gamma, r1_every, mismatch
+        self.r1_gamma, self.r1_every, self.mismatch, self.aux_weight = r1_gamma, r1_every, mismatch, aux_weight
         self._ema_stats_stale = True
         self.noise_dim, self.num_classes = generator.noise_dim, generator.num_classes
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
         self.scheduler_fns = (g_scheduler, d_scheduler)
         self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
-        self.train_stats = BatchMeans(STATS)
+        self.train_stats = BatchMeans(STATS if aux_weight is None else STATS + AUX_STATS)
 
         noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
         self.register_buffer("sample_noise", noise)
@@ -234,28 +252,48 @@ class CGAN(pl.LightningModule):
             m = max(1, round(self.mismatch * x.size(0)))
             wrong = (y[:m] + torch.randint_like(y[:m], 1, self.num_classes)) % self.num_classes
             x_in, y_in = torch.cat([x_in, x[:m]]), torch.cat([y_in, wrong])
-        d_real, d_fake_side = self.discriminator(x_in, y_in).split([x.size(0), x_in.size(0) - x.size(0)])
+        scores, classes = self._judge(x_in, y_in)
+        d_real, d_fake_side = scores.split([x.size(0), x_in.size(0) - x.size(0)])
         d_loss = self.d_loss_fn(d_real, d_fake_side)
         d_fake = d_fake_side[: x.size(0)]  # the generated digits' scores alone, for train/d_fake
+        d_total = d_loss
+        if classes is not None:  # the class head learns from the real digits only
+            d_class = F.cross_entropy(classes[: x.size(0)], y)
+            d_total = d_total + d_class
         penalty = self.r1_penalty(x, y, batch_idx)
+        if penalty is not None:
+            d_total = d_total + penalty
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss if penalty is None else d_loss + penalty)
+        self.manual_backward(d_total)
         opt_d.step()
 
         self.discriminator.requires_grad_(False)
-        g_loss = self.g_loss_fn(self.discriminator(fake, y))
+        scores, classes = self._judge(fake, y)
+        g_loss = g_total = self.g_loss_fn(scores)
+        if classes is not None:
+            g_class = F.cross_entropy(classes, y)
+            g_total = g_total + self.aux_weight * g_class
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
+        self.manual_backward(g_total)
         opt_g.step()
         self.discriminator.requires_grad_(True)
 
         if self.generator_ema is not None:
             self._update_ema()
         with torch.no_grad():
-            stats = torch.stack([d_loss, g_loss, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()])
-            self.train_stats.update(stats.float())
+            stats = [d_loss, g_loss, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()]
+            if classes is not None:
+                stats += [d_class, g_class]
+            self.train_stats.update(torch.stack(stats).float())
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
+
+    def _judge(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """D's logits ``(B,)`` for ``(x, y)``, and its class logits ``(B, num_classes)`` with
+        ``aux_weight`` (else None), from one pass."""
+        if self.aux_weight is None:
+            return self.discriminator(x, y), None
+        return self.discriminator(x, y, classes=True)
 
     def r1_penalty(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor | None:
         """D's R1 penalty on real digits ``x (B, 1, 28, 28)``, or None on batches that skip it.
@@ -287,14 +325,15 @@ class CGAN(pl.LightningModule):
         self._check_finite("the end of the epoch")
         means = self.train_stats.compute()
         self.train_stats.reset()
-        self.log_dict({f"train/{name}": value for name, value in zip(STATS, means)})  # synced by compute()
+        names = self.train_stats.names
+        self.log_dict({f"train/{name}": value for name, value in zip(names, means)})  # synced by compute()
         scheds = self.lr_schedulers()
         for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             sched.step()
 
     def _check_finite(self, where: str) -> None:
         """Stop with a clear message once a loss of this epoch is NaN or infinite (one host sync)."""
-        totals = self.train_stats.total[:2]
+        totals = self.train_stats.total[:2]  # a non-finite class loss spreads to these by the next batch
         if bool(torch.isfinite(totals).all()):
             return
         bad = [name for name, v in zip(STATS, totals) if not torch.isfinite(v)]

@@ -160,6 +160,23 @@ class MarkedDiscriminator(torch.nn.Module):
         return torch.where(x[:, 0, 0, 0] == 0.5, -3.0, 3.0) + 0 * x.mean(dim=(1, 2, 3)) + 0 * self.unused
 
 
+class NamingDiscriminator(MarkedDiscriminator):
+    """``MarkedDiscriminator`` with a class head: ``classes=True`` adds class logits ``(B, 10)``,
+    all 0 for real images and ``+4`` for digit 0 (else 0) for G's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = torch.nn.Identity()  # what CGAN's aux_weight looks for
+
+    def forward(self, x, y, classes=False):
+        logits = super().forward(x, y)
+        if not classes:
+            return logits
+        named = torch.zeros(len(x), 10) + 0 * self.unused
+        named[:, 0] = torch.where(x[:, 0, 0, 0] == 0.5, 4.0, 0.0)
+        return logits, named
+
+
 class LRLog(pl.Callback):
     """The learning rates each batch trains with, ``(G's, D's)``, recorded after the module set them."""
 

@@ -75,6 +75,29 @@ def test_conv_discriminator_is_spectrally_normalized_unless_told_otherwise():
     assert logits.abs().max() < 0.5  # 7.3 with nn.Embedding's N(0, 1) start, for this seed
 
 
+@pytest.mark.parametrize("spectral", [True, False])
+def test_conv_discriminators_class_head_names_digits_from_the_image_alone(spectral):
+    torch.manual_seed(0)
+    d = ConvDiscriminator(channels=8, spectral=spectral, classifier=True).eval()
+    x, y = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    logits, classes = d(x, y, classes=True)
+    assert logits.shape == (6,) and classes.shape == (6, 10)
+    assert torch.equal(logits, d(x, y))  # the same realism logits as without the head
+    other_logits, other_classes = d(x, (y + 1) % 10, classes=True)
+    assert torch.equal(classes, other_classes)  # not told the label
+    assert not torch.allclose(logits, other_logits)
+    assert not torch.allclose(classes, d(-x, y, classes=True)[1])  # but shown the image
+    head = [name for name, _ in d.named_modules() if name.startswith("classifier.parametrizations")]
+    assert bool(head) == spectral  # normalized like the other layers
+
+
+def test_conv_discriminator_without_a_class_head_says_how_to_get_one():
+    d = ConvDiscriminator(channels=8)
+    assert d.classifier is None
+    with pytest.raises(ConfigError, match="classes=True needs the class head: build it with classifier: true"):
+        d(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), classes=True)
+
+
 def test_conv_discriminator_sees_where_strokes_are():
     torch.manual_seed(0)
     d = ConvDiscriminator(channels=8).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from functools import partial
 from types import SimpleNamespace
 
@@ -185,11 +186,28 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_eve
         ({"r1_gamma": 1.0, "r1_every": 0}, r"model.r1_every must be 1 or more \(batches\), got 0"),
         ({"mismatch": 0.0}, r"model.mismatch must be in \(0, 1\] or null, got 0.0"),
         ({"mismatch": 1.5}, r"model.mismatch must be in \(0, 1\] or null, got 1.5"),
+        ({"aux_weight": 0.0}, "model.aux_weight must be positive or null, got 0.0"),
+        ({"aux_weight": -0.5}, "model.aux_weight must be positive or null, got -0.5"),
     ],
 )
 def test_d_regularizer_settings_out_of_range_are_refused(kwargs, text):
     with pytest.raises(ConfigError, match=text):
         CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, **kwargs)
+
+
+def test_aux_weight_without_a_class_head_is_refused_with_the_fix():
+    text = (
+        "model.aux_weight needs a discriminator with a class head; ConvDiscriminator has none. "
+        "Use cgan.models.ConvDiscriminator with classifier: true, or set model.aux_weight: null."
+    )
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        CGAN(ConvGenerator(), ConvDiscriminator(), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
+    with pytest.raises(ConfigError, match="Discriminator has none"):
+        CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
+    module = CGAN(
+        ConvGenerator(), ConvDiscriminator(classifier=True), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5
+    )
+    assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class")
 
 
 def test_lr_decay_and_a_scheduler_together_are_refused():

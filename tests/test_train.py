@@ -89,6 +89,39 @@ def test_logged_d_real_and_d_fake_are_d_of_real_and_of_generated_digits(tiny_mni
     assert metrics["train/g_loss"].item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(3.0)).item())
 
 
+def test_the_class_heads_losses_are_logged_apart_from_the_gan_losses(tiny_mnist, in_tmp):
+    nets = ["--model.generator=helpers.MarkedGenerator", "--model.discriminator=helpers.NamingDiscriminator"]
+    trainer = train(tiny_mnist, "--max_epochs=1", *nets, "--model.aux_weight=0.5")
+    metrics, labels = trainer.callback_metrics, trainer.datamodule.train_data[1]
+    assert metrics["train/d_class"].item() == pytest.approx(math.log(10))  # real digits only: all 10 logits 0
+    # G's digits: logit 4 for digit 0, so the cross-entropy is log(e^4 + 9) - 4 where digit 0 was asked for
+    zeros = (labels == 0).float().mean().item()
+    assert 0 < zeros < 1
+    assert metrics["train/g_class"].item() == pytest.approx(math.log(math.exp(4) + 9) - 4 * zeros)
+    softplus = torch.nn.functional.softplus
+    assert metrics["train/d_loss"].item() == pytest.approx(2 * softplus(torch.tensor(-3.0)).item())  # GAN loss alone
+    assert metrics["train/g_loss"].item() == pytest.approx(softplus(torch.tensor(3.0)).item())
+
+
+def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist, in_tmp):
+    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
+    one = ["--config", dcgan, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null"]  # one batch
+    for net in ("g", "d"):  # plain SGD: Adam's first step is lr * sign(gradient)
+        one += [f"--model.{net}_optimizer=torch.optim.SGD", f"--model.{net}_optimizer.lr=0.1"]
+    runs = {}
+    for weight in ("null", 0.5, 2.0):  # the same seed, so the same draws: only the class terms differ
+        trainer = train(tiny_mnist, *one, f"--model.aux_weight={weight}", f"--trainer.default_root_dir={weight}")
+        runs[weight] = dict(trainer.lightning_module.named_parameters())
+    start = recorder(trainer).initial
+    head = "discriminator.classifier.weight"
+    assert torch.equal(start[head], runs["null"][head])  # built but unused without aux_weight
+    assert not torch.equal(start[head], runs[2.0][head])  # D's update trained it on the real digits
+    for name, value in runs[0.5].items():  # D's update does not depend on G's weight; G's does
+        assert torch.equal(value, runs[2.0][name]) == name.startswith("discriminator."), name
+        if name.startswith("discriminator.features."):  # the head's loss shapes D's features too
+            assert not torch.equal(value, runs["null"][name]), name
+
+
 @pytest.mark.parametrize("given", ["7", "true"])
 def test_the_run_seed_reaches_the_module_and_the_data_module(tiny_mnist, in_tmp, given):
     trainer = train(tiny_mnist, "--max_epochs=0", f"--seed_everything={given}")
