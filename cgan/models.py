@@ -200,6 +200,7 @@ class ConvDiscriminator(nn.Module):
         classifier: a second head on the same features, ``Linear(4C * 49, num_classes)``,
             that names the digit of an image without being told its label (the auxiliary
             classifier of Odena et al., 2017); ``forward(x, y, classes=True)`` returns its logits too.
+            ``CGAN`` trains it only with ``aux_weight``; otherwise it is built and left alone.
     """
 
     def __init__(

@@ -66,8 +66,8 @@ class CGAN(pl.LightningModule):
     Logged per epoch (x-axis: batches trained): ``train/d_loss``, ``train/g_loss``,
     ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
-    head's cross-entropy on the real digits and on G's. The two losses are the GAN losses alone,
-    without the R1 penalty or the class head's terms.
+    head's cross-entropy on the real digits and on G's. ``d_loss`` and ``g_loss`` are the GAN
+    losses alone, without the R1 penalty or the class head's terms.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -94,7 +94,8 @@ class CGAN(pl.LightningModule):
             with a wrong label, among the generated ones (the matching-aware discriminator of
             Reed et al., 2016), so D learns to check the label and G to draw the digit asked for.
         aux_weight: if set, the discriminator's class head (``ConvDiscriminator(classifier=True)``)
-            learns to name the digits of real images (cross-entropy, weight 1, in D's loss), and
+            learns to name the digits of real images (cross-entropy in D's loss, with weight 1 like
+            D's GAN loss: the balance that is tuned is G's), and
             G's loss gets ``aux_weight`` times that head's cross-entropy on G's digits against the
             labels asked for, so a digit that could be read as another one costs G directly
             (Odena et al., 2017's auxiliary classifier, trained on real digits only: trained on
@@ -303,7 +304,7 @@ class CGAN(pl.LightningModule):
         digits and G keeps being pulled toward all of them. Computed lazily (Karras et al.,
         2020) on every ``r1_every``-th batch and weighted by ``r1_every``, which keeps its
         average; on those batches it costs a second D pass over the real digits and a double
-        backward pass. The logged ``train/d_loss`` is D's GAN loss without it.
+        backward pass.
         """
         if self.r1_gamma is None or batch_idx % self.r1_every:
             return None
@@ -333,10 +334,14 @@ class CGAN(pl.LightningModule):
 
     def _check_finite(self, where: str) -> None:
         """Stop with a clear message once a loss of this epoch is NaN or infinite (one host sync)."""
-        totals = self.train_stats.total[:2]  # a non-finite class loss spreads to these by the next batch
+        totals = self.train_stats.total
         if bool(torch.isfinite(totals).all()):
             return
-        bad = [name for name, v in zip(STATS, totals) if not torch.isfinite(v)]
+        bad = [  # the losses (D's mean outputs are non-finite only with D's loss)
+            name
+            for name, v in zip(self.train_stats.names, totals)
+            if name not in ("d_real", "d_fake") and not torch.isfinite(v)
+        ]
         raise DivergenceError(
             f"{' and '.join(bad)} became non-finite in epoch {self.current_epoch} (detected at {where}, "
             f"global step {self.global_step}). Training stopped; the last saved checkpoint was kept. "
@@ -364,6 +369,16 @@ class CGAN(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         if len(sums) != world:  # resumed on another number of processes: rank 0 carries the whole sums
             sums = torch.cat([sums.sum(0, keepdim=True), sums.new_zeros(world - 1, sums.size(1))])
+        if sums.size(1) != len(self.train_stats.names) + 1:  # the class head's losses logged in one run only
+            theirs = checkpoint.get("hyper_parameters", {}).get("aux_weight")
+            raise CheckpointError(
+                f"the checkpoint was trained with model.aux_weight {_yaml(theirs)} and this run has "
+                f"{_yaml(self.aux_weight)}: resume with the run's own value (its config.yaml has it)."
+            )
         own = sums[self.global_rank]
         self.train_stats.total.copy_(own[:-1])
         self.train_stats.count.copy_(own[-1])
+
+
+def _yaml(value: float | None) -> str:
+    return "null" if value is None else str(value)

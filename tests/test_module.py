@@ -12,7 +12,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Timer
 
-from cgan.errors import ConfigError
+from cgan.errors import ConfigError, DivergenceError
 from cgan.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
 from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
 from cgan.module import CGAN, run_fraction
@@ -208,6 +208,17 @@ def test_aux_weight_without_a_class_head_is_refused_with_the_fix():
         ConvGenerator(), ConvDiscriminator(classifier=True), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5
     )
     assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class")
+
+
+def test_a_non_finite_class_loss_stops_training_by_its_name():
+    module = CGAN(
+        ConvGenerator(), ConvDiscriminator(classifier=True), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5
+    )
+    module.train_stats.update(torch.tensor([0.5, 0.5, 0.5, 0.5, 2.0, 2.0]))
+    module._check_finite("batch 1")  # all finite: nothing happens
+    module.train_stats.update(torch.tensor([0.5, 0.5, 0.5, 0.5, 2.0, float("inf")]))
+    with pytest.raises(DivergenceError, match=r"^g_class became non-finite in epoch 0 \(detected at batch 2,"):
+        module._check_finite("batch 2")
 
 
 def test_lr_decay_and_a_scheduler_together_are_refused():

@@ -116,10 +116,26 @@ def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist,
     head = "discriminator.classifier.weight"
     assert torch.equal(start[head], runs["null"][head])  # built but unused without aux_weight
     assert not torch.equal(start[head], runs[2.0][head])  # D's update trained it on the real digits
-    for name, value in runs[0.5].items():  # D's update does not depend on G's weight; G's does
-        assert torch.equal(value, runs[2.0][name]) == name.startswith("discriminator."), name
+    for name, value in runs[0.5].items():
+        if name.startswith("generator."):  # G's update follows G's weight of the class term
+            assert not torch.equal(value, runs[2.0][name]), name
         if name.startswith("discriminator.features."):  # the head's loss shapes D's features too
             assert not torch.equal(value, runs["null"][name]), name
+
+
+def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
+    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
+    args = ["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST]
+    run([*args, "--max_epochs=1"])
+    ckpt = in_tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    assert main([*args, "--max_epochs=2", "--ckpt_path=last", "--model.aux_weight=null"]) == 1
+    text = (
+        "error: the checkpoint was trained with model.aux_weight 0.5 and this run has null: "
+        "resume with the run's own value (its config.yaml has it)."
+    )
+    assert text in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
 
 
 @pytest.mark.parametrize("given", ["7", "true"])
