@@ -49,7 +49,7 @@ def assert_same_weights_on_both_ranks(run_dir: Path, batches: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_train_identical_weights_and_resume_in_one_process_and_back(tiny_mnist, tmp_path):
+def test_two_processes_train_identical_weights_and_resume_in_one_process_and_back(tiny_mnist, tmp_path, monkeypatch):
     few = f"--config={callbacks_config(tmp_path / 'few.yaml', {'DigitMetrics': {'per_class': 20}})}"
     # under DDP, rank 0's LR factor is broadcast before every batch; R1's double backward and the
     # class head's terms are synced
@@ -59,16 +59,17 @@ def test_two_processes_train_identical_weights_and_resume_in_one_process_and_bac
     # (the config first: it sets the callbacks list that ddp_args adds RankReport to)
     train_subprocess(tmp_path, few, *ddp_args(tiny_mnist, "--max_epochs=1", "--data.in_memory=false", *options))
     assert_same_weights_on_both_ranks(tmp_path, BATCHES // 2)
-    train_subprocess(tmp_path, few, f"--data.data_dir={tiny_mnist}", "--max_epochs=2", "--ckpt_path=last", *options)
-    run = tmp_path / "lightning_logs" / "version_0"
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    monkeypatch.chdir(tmp_path)  # one process: in this one
+    run([*FAST, few, f"--data.data_dir={tiny_mnist}", "--max_epochs=2", "--ckpt_path=last", *options])
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES)  # one DDP epoch, then one whole epoch
     # back to two processes, on the in-memory path
     train_subprocess(tmp_path, few, *ddp_args(tiny_mnist, "--max_epochs=3", "--ckpt_path=last", *options))
     rank0 = assert_same_weights_on_both_ranks(tmp_path, BATCHES // 2)
     assert [r.name for r in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["000.png", "001.png", "002.png"]
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["000.png", "001.png", "002.png"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (BATCHES // 2 + BATCHES + BATCHES // 2)
     for key, value in rank0["state"].items():
         assert torch.equal(value, ckpt["state_dict"][key]), key
