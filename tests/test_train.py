@@ -19,6 +19,7 @@ from cgan.module import CGAN
 
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
 BATCHES = 10  # 200 fixture images / 20
+DCGAN = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
 
 
 def train(data_dir: Path, *extra: str):
@@ -104,8 +105,7 @@ def test_the_class_heads_losses_are_logged_apart_from_the_gan_losses(tiny_mnist,
 
 
 def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist, in_tmp):
-    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
-    one = ["--config", dcgan, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null"]  # one batch
+    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null"]  # one batch
     for net in ("g", "d"):  # plain SGD: Adam's first step is lr * sign(gradient)
         one += [f"--model.{net}_optimizer=torch.optim.SGD", f"--model.{net}_optimizer.lr=0.1"]
     runs = {}
@@ -124,8 +124,7 @@ def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist,
 
 
 def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
-    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
-    args = ["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST]
+    args = ["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST]
     run([*args, "--max_epochs=1"])
     ckpt = in_tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
@@ -215,8 +214,7 @@ def test_real_mnist_trains_a_few_batches(real_mnist, in_tmp):
 def test_dcgan_config_trains_and_resumes_with_its_ema(tiny_mnist, in_tmp):
     from cgan.models import ConvDiscriminator, ConvGenerator
 
-    dcgan = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
-    first = run(["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1"])
+    first = run(["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST, "--max_epochs=1"])
     module = first.lightning_module
     assert isinstance(module.generator, ConvGenerator) and isinstance(module.discriminator, ConvDiscriminator)
     assert module.hparams.loss == "hinge" and module.generator_ema is not None
@@ -225,7 +223,7 @@ def test_dcgan_config_trains_and_resumes_with_its_ema(tiny_mnist, in_tmp):
     assert any(not torch.equal(v, live[k.removeprefix("generator_ema.")]) for k, v in ema.items())
 
     resume = ["--max_epochs=2", "--ckpt_path=last", "--trainer.callbacks+=helpers.Recorder"]
-    second = run(["--config", dcgan, f"--data.data_dir={tiny_mnist}", *FAST, *resume])
+    second = run(["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST, *resume])
     restored = recorder(second).initial
     for k, v in ema.items():  # the EMA weights continued from the checkpoint
         assert torch.equal(restored[k], v), k
