@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -59,15 +63,18 @@ def _extracted(raw: Path, dataset: str) -> bool:
 def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
     """Make sure both splits are under ``<data_dir>/<dataset>/raw`` and well-formed, or raise a DataError.
 
-    Missing files are fetched or extracted from their .gz by torchvision (offline, the .gz files
-    are used when they pass their checksums); then the extracted files are checked. It runs in
-    ``prepare_data``, before the trainer makes a run folder, so a bad file stops a run before it
-    writes anything.
+    Missing files are extracted from their .gz when those pass their checksums (offline), else
+    fetched by torchvision; then the extracted files are checked. Every file appears under its
+    name only once complete, so runs started together on one ``data_dir`` (a sweep) and a run
+    after an interrupted one never read half a file. It runs in ``prepare_data``, before the
+    trainer makes a run folder, so a bad file stops a run before it writes anything.
     """
     raw = Path(data_dir) / dataset / "raw"
     if not _extracted(raw, dataset):
         try:
-            _dataset_class(dataset)(data_dir, train=False, download=True)  # fetches and extracts all four files
+            _extract(raw, dataset)
+            if not _extracted(raw, dataset):
+                _fetch(raw, dataset)
         except Exception as err:  # offline, a corrupt .gz, a folder that cannot be written, ...
             if not _extracted(raw, dataset):
                 lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -76,6 +83,33 @@ def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
                 ) from err
             # extracted but not readable: check_files below says which file and why
     check_files(data_dir, dataset)
+
+
+def _extract(raw: Path, dataset: str) -> None:
+    """Extract each .gz under ``raw`` that passes its checksum and is not extracted yet, writing
+    to a temporary file that is renamed into place when complete."""
+    for name, md5 in _dataset_class(dataset).resources:
+        gz, out = raw / name, raw / Path(name).stem
+        if out.is_file() or not gz.is_file() or not check_integrity(str(gz), md5):
+            continue
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{out.name}.")
+        try:
+            with os.fdopen(fd, "wb") as dst, gzip.open(gz, "rb") as src:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fetch(raw: Path, dataset: str) -> None:
+    """Download and extract all four files with torchvision into a temporary folder beside them,
+    then move each into ``raw`` (files already there are replaced by the fresh copies)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
+        _dataset_class(dataset)(tmp, train=False, download=True)
+        fetched = sorted((Path(tmp) / dataset / "raw").iterdir(), key=lambda f: f.suffix != ".gz")
+        for f in fetched:  # the .gz files first: the extracted ones are what marks the data as there
+            os.replace(f, raw / f.name)
 
 
 def check_files(data_dir: str, dataset: DatasetName = "MNIST") -> None:

@@ -1,6 +1,11 @@
 import gzip
 import hashlib
+import http.server
 import re
+import shutil
+import threading
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +128,52 @@ def test_gz_files_are_extracted_offline(gz_mnist, offline):
     download(str(root))
     images, labels = load_split(str(root), train=False)
     assert images.shape == (50, 28, 28) and labels.shape == (50,)
+
+
+def test_an_extraction_cut_short_leaves_no_half_written_file(gz_mnist, offline, monkeypatch):
+    raw = gz_mnist / "MNIST" / "raw"
+    copy = shutil.copyfileobj
+
+    def cut_short(src, dst):  # Ctrl-C halfway through the first file
+        dst.write(src.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfileobj", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        download(str(gz_mnist))
+    assert sorted(f.name for f in raw.iterdir()) == sorted(name for name, _ in datasets.MNIST.resources)
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    download(str(gz_mnist))  # the next run extracts them whole
+    assert load_split(str(gz_mnist), train=True)[0].shape == (200, 28, 28)
+
+
+@pytest.fixture
+def mirror(gz_mnist, monkeypatch):
+    """A local web server holding the fixture's .gz files, as torchvision's MNIST mirror."""
+    handler = partial(QuietHandler, directory=str(gz_mnist / "MNIST" / "raw"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    yield gz_mnist
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_missing_or_corrupt_files_are_downloaded_whole(mirror, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"cut short")  # a download that broke off
+    download(str(tmp_path))
+    gz = sorted(name for name, _ in datasets.MNIST.resources)
+    assert sorted(f.name for f in raw.iterdir()) == sorted(gz + [Path(name).stem for name in gz])  # no leftovers
+    assert all((raw / name).read_bytes() == (mirror / "MNIST" / "raw" / name).read_bytes() for name in gz)
+    images, labels = load_split(str(tmp_path), train=True)
+    assert images.shape == (200, 28, 28) and labels.shape == (200,)
 
 
 def test_missing_data_offline_names_the_folder_and_the_files(tmp_path, offline):
