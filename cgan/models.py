@@ -4,7 +4,8 @@ Every generator maps ``(z (B, noise_dim), y (B,) int64)`` to images ``(B, 1, 28,
 [-1, 1] and exposes ``noise_dim`` and ``num_classes``. Every discriminator maps
 ``(x (B, 1, 28, 28), y (B,))`` to logits ``(B,)``; the sigmoid lives in the loss. One with a
 class head (its ``classifier`` is not None) also takes ``classes=True`` and then returns
-``(logits (B,), class_logits (B, num_classes))``, for ``CGAN``'s ``aux_weight``.
+``(logits (B,), class_logits (B, num_classes))``, for ``CGAN``'s ``aux_weight``; one with a
+twin head too (its ``twin`` is not None) returns ``(logits, class_logits, twin_logits)``.
 """
 
 from __future__ import annotations
@@ -201,14 +202,24 @@ class ConvDiscriminator(nn.Module):
             that names the digit of an image without being told its label (the auxiliary
             classifier of Odena et al., 2017); ``forward(x, y, classes=True)`` returns its logits too.
             ``CGAN`` trains it only with ``aux_weight``; otherwise it is built and left alone.
+        twin: a third head like the class head, which ``CGAN`` trains to name the digits of G
+            rather than of real images (the twin classifier of Gong et al., 2019); needs
+            ``classifier``. ``forward(x, y, classes=True)`` then returns its logits last.
     """
 
     def __init__(
-        self, channels: int = 32, num_classes: int = 10, spectral: bool = True, classifier: bool = False
+        self,
+        channels: int = 32,
+        num_classes: int = 10,
+        spectral: bool = True,
+        classifier: bool = False,
+        twin: bool = False,
     ) -> None:
         super().__init__()
         if channels <= 0:
             raise ConfigError(f"ConvDiscriminator: channels must be positive, got {channels}.")
+        if twin and not classifier:
+            raise ConfigError("ConvDiscriminator: twin: true needs the class head too: set classifier: true.")
         self.num_classes = num_classes
         c = channels
         sn = spectral_norm if spectral else (lambda m: m)
@@ -226,12 +237,15 @@ class ConvDiscriminator(nn.Module):
         if not spectral:
             nn.init.normal_(self.embed.weight, std=(4 * c * 7 * 7) ** -0.5)
         self.classifier = sn(nn.Linear(4 * c * 7 * 7, num_classes)) if classifier else None
+        self.twin = sn(nn.Linear(4 * c * 7 * 7, num_classes)) if twin else None
 
-    def forward(self, x: Tensor, y: Tensor, classes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor, classes: bool = False) -> Tensor | tuple[Tensor, ...]:
         h = self.features(x)
         logits = self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
         if not classes:
             return logits
         if self.classifier is None:
             raise ConfigError("ConvDiscriminator: classes=True needs the class head: build it with classifier: true.")
-        return logits, self.classifier(h)
+        if self.twin is None:
+            return logits, self.classifier(h)
+        return logits, self.classifier(h), self.twin(h)

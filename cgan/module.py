@@ -24,6 +24,7 @@ from cgan.models import recompute_batch_norm, training_mode
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
 AUX_STATS = ("d_class", "g_class")  # logged too with aux_weight
+TWIN_STATS = ("d_twin",)  # and with a twin head
 
 
 def reseed_global_rng(*key: int) -> None:
@@ -66,8 +67,9 @@ class CGAN(pl.LightningModule):
     Logged per epoch (x-axis: batches trained): ``train/d_loss``, ``train/g_loss``,
     ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
-    head's cross-entropy on the real digits and on G's. ``d_loss`` and ``g_loss`` are the GAN
-    losses alone, without the R1 penalty or the class head's terms.
+    head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``,
+    its cross-entropy on G's digits. ``d_loss`` and ``g_loss`` are the GAN losses alone, without
+    the R1 penalty or the class heads' terms.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -99,7 +101,11 @@ class CGAN(pl.LightningModule):
             G's loss gets ``aux_weight`` times that head's cross-entropy on G's digits against the
             labels asked for, so a digit that could be read as another one costs G directly
             (Odena et al., 2017's auxiliary classifier, trained on real digits only: trained on
-            G's too, D could help G by finding its digits easy to name).
+            G's too, D could help G by finding its digits easy to name). With a twin head as well
+            (``ConvDiscriminator(twin=True)``), that head learns to name G's digits (in D's loss,
+            weight 1) and G's loss gets minus ``aux_weight`` times its cross-entropy: G is then
+            pushed to draw digits as easy to name as real ones, not easier, which keeps their
+            variety (Gong et al., 2019's twin auxiliary classifiers).
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
         seed: seed of the training noise and dropout: each batch draws from the global RNG
             seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
@@ -166,7 +172,10 @@ class CGAN(pl.LightningModule):
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
         self.scheduler_fns = (g_scheduler, d_scheduler)
         self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
-        self.train_stats = BatchMeans(STATS if aux_weight is None else STATS + AUX_STATS)
+        twin = aux_weight is not None and getattr(discriminator, "twin", None) is not None
+        self.train_stats = BatchMeans(
+            STATS + (AUX_STATS if aux_weight is not None else ()) + (TWIN_STATS if twin else ())
+        )
 
         noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
         self.register_buffer("sample_noise", noise)
@@ -253,7 +262,7 @@ class CGAN(pl.LightningModule):
             m = max(1, round(self.mismatch * x.size(0)))
             wrong = (y[:m] + torch.randint_like(y[:m], 1, self.num_classes)) % self.num_classes
             x_in, y_in = torch.cat([x_in, x[:m]]), torch.cat([y_in, wrong])
-        scores, classes = self._judge(x_in, y_in)
+        scores, classes, twin = self._judge(x_in, y_in)
         d_real, d_fake_side = scores.split([x.size(0), x_in.size(0) - x.size(0)])
         d_loss = self.d_loss_fn(d_real, d_fake_side)
         d_fake = d_fake_side[: x.size(0)]  # the generated digits' scores alone, for train/d_fake
@@ -261,6 +270,9 @@ class CGAN(pl.LightningModule):
         if classes is not None:  # the class head learns from the real digits only
             d_class = F.cross_entropy(classes[: x.size(0)], y)
             d_total = d_total + d_class
+        if twin is not None:  # and the twin head from G's only
+            d_twin = F.cross_entropy(twin[x.size(0) : 2 * x.size(0)], y)
+            d_total = d_total + d_twin
         penalty = self.r1_penalty(x, y, batch_idx)
         if penalty is not None:
             d_total = d_total + penalty
@@ -269,11 +281,13 @@ class CGAN(pl.LightningModule):
         opt_d.step()
 
         self.discriminator.requires_grad_(False)
-        scores, classes = self._judge(fake, y)
+        scores, classes, twin_g = self._judge(fake, y)
         g_loss = g_total = self.g_loss_fn(scores)
         if classes is not None:
             g_class = F.cross_entropy(classes, y)
             g_total = g_total + self.aux_weight * g_class
+        if twin_g is not None:
+            g_total = g_total - self.aux_weight * F.cross_entropy(twin_g, y)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         opt_g.step()
@@ -285,16 +299,19 @@ class CGAN(pl.LightningModule):
             stats = [d_loss, g_loss, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()]
             if classes is not None:
                 stats += [d_class, g_class]
+            if twin is not None:
+                stats.append(d_twin)
             self.train_stats.update(torch.stack(stats).float())
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
 
-    def _judge(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
-        """D's logits ``(B,)`` for ``(x, y)``, and its class logits ``(B, num_classes)`` with
-        ``aux_weight`` (else None), from one pass."""
+    def _judge(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """D's logits ``(B,)`` for ``(x, y)``, its class logits ``(B, num_classes)`` with
+        ``aux_weight`` and its twin head's with a twin head (else None), from one pass."""
         if self.aux_weight is None:
-            return self.discriminator(x, y), None
-        return self.discriminator(x, y, classes=True)
+            return self.discriminator(x, y), None, None
+        out = self.discriminator(x, y, classes=True)
+        return out if len(out) == 3 else (*out, None)
 
     def r1_penalty(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor | None:
         """D's R1 penalty on real digits ``x (B, 1, 28, 28)``, or None on batches that skip it.

@@ -54,6 +54,7 @@ def test_two_processes_train_identical_weights_and_resume_in_one_process_and_bac
     # under DDP, rank 0's LR factor is broadcast before every batch; R1's double backward and the
     # class head's terms are synced
     head = ["--model.discriminator=cgan.models.ConvDiscriminator", "--model.discriminator.classifier=true"]
+    head.append("--model.discriminator.twin=true")
     options = ["--model.lr_decay=0.5", "--model.r1_gamma=1.0", "--model.r1_every=2", *head, "--model.aux_weight=0.5"]
     # the DataLoader path first: each rank its own shard, half the single-process batches, the same weights
     # (the config first: it sets the callbacks list that ddp_args adds RankReport to)

@@ -91,6 +91,27 @@ def test_conv_discriminators_class_head_names_digits_from_the_image_alone(spectr
     assert bool(head) == spectral  # normalized like the other layers
 
 
+@pytest.mark.parametrize("spectral", [True, False])
+def test_conv_discriminators_twin_head_is_a_second_class_head_returned_last(spectral):
+    torch.manual_seed(0)
+    d = ConvDiscriminator(channels=8, spectral=spectral, classifier=True, twin=True).eval()
+    x, y = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    logits, classes, twin = d(x, y, classes=True)
+    assert logits.shape == (6,) and classes.shape == twin.shape == (6, 10)
+    assert torch.equal(logits, d(x, y)) and torch.equal(classes, d.classifier(d.features(x)))
+    assert not torch.allclose(twin, classes)  # its own weights
+    assert torch.equal(twin, d(x, (y + 1) % 10, classes=True)[2])  # not told the label
+    assert not torch.allclose(twin, d(-x, y, classes=True)[2])  # but shown the image
+    head = [name for name, _ in d.named_modules() if name.startswith("twin.parametrizations")]
+    assert bool(head) == spectral
+    assert ConvDiscriminator(channels=8, classifier=True).twin is None
+
+
+def test_a_twin_head_without_the_class_head_is_refused():
+    with pytest.raises(ConfigError, match="twin: true needs the class head too: set classifier: true"):
+        ConvDiscriminator(channels=8, twin=True)
+
+
 def test_conv_discriminator_without_a_class_head_says_how_to_get_one():
     d = ConvDiscriminator(channels=8)
     assert d.classifier is None

@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import Timer
 from cgan.errors import ConfigError, DivergenceError
 from cgan.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
 from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
-from cgan.module import CGAN, run_fraction
+from cgan.module import CGAN, STATS, run_fraction
 
 
 def test_bce_losses_match_the_seeds_bce_on_sigmoid():
@@ -208,6 +208,13 @@ def test_aux_weight_without_a_class_head_is_refused_with_the_fix():
         ConvGenerator(), ConvDiscriminator(classifier=True), torch.optim.Adam, torch.optim.Adam, aux_weight=0.5
     )
     assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class")
+
+
+def test_a_twin_head_is_trained_and_logged_with_aux_weight_only():
+    twin = ConvDiscriminator(classifier=True, twin=True)
+    module = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
+    assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class", "d_twin")
+    assert CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam).train_stats.names == STATS
 
 
 def test_a_non_finite_class_loss_stops_training_by_its_name():

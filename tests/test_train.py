@@ -113,14 +113,26 @@ def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist,
         trainer = train(tiny_mnist, *one, f"--model.aux_weight={weight}", f"--trainer.default_root_dir={weight}")
         runs[weight] = dict(trainer.lightning_module.named_parameters())
     start = recorder(trainer).initial
-    head = "discriminator.classifier.weight"
-    assert torch.equal(start[head], runs["null"][head])  # built but unused without aux_weight
-    assert not torch.equal(start[head], runs[2.0][head])  # D's update trained it on the real digits
+    for head in ("discriminator.classifier.weight", "discriminator.twin.weight"):
+        assert torch.equal(start[head], runs["null"][head])  # built but unused without aux_weight
+        assert not torch.equal(start[head], runs[2.0][head])  # D's update trained it (real digits / G's)
     for name, value in runs[0.5].items():
         if name.startswith("generator."):  # G's update follows G's weight of the class term
             assert not torch.equal(value, runs[2.0][name]), name
         if name.startswith("discriminator.features."):  # the head's loss shapes D's features too
             assert not torch.equal(value, runs["null"][name]), name
+
+
+def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_tmp):
+    nets = ["--model.generator=helpers.ShiftedGenerator", "--model.discriminator=helpers.TwinNamingDiscriminator"]
+    sgd = [f"--model.{net}_optimizer{arg}" for net in ("g", "d") for arg in ("=torch.optim.SGD", ".lr=0.1")]
+    trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *sgd, "--model.aux_weight=0.5")  # one batch
+    metrics = trainer.callback_metrics
+    assert metrics["train/d_twin"].item() == pytest.approx(math.log(math.exp(5) + 9) - 5)  # G's digits only
+    assert metrics["train/d_class"].item() == pytest.approx(math.log(10))  # the class head: real digits only
+    # G's loss has -aux_weight x the twin's cross-entropy: SGD climbs its slope 10 (p - 1), p = e^5 / (e^5 + 9)
+    slope = 10 * (math.exp(5) / (math.exp(5) + 9) - 1)
+    assert trainer.lightning_module.generator.shift.item() == pytest.approx(0.1 * 0.5 * slope)
 
 
 def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
