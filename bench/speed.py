@@ -193,14 +193,14 @@ def flop_floor(device: torch.device, epochs_batches: int = 600) -> tuple[float, 
 VARIANTS = {"seed": seed_loop, "bare": bare_loop, "cgan": cgan_run}
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="run the three variants this many times in turn")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where (b) and (c) train")
     parser.add_argument("--only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(args)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but PyTorch sees no CUDA GPU here.")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,32 +189,39 @@ def test_evaluate_prints_every_row(trained, capsys):
 
 
 @pytest.mark.slow
-def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist):
-    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--epochs", "2"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+def bench(path: Path):
+    """A benchmark script as a module, to drive its ``main(args)`` in this process (its variants
+    and training runs still start their own)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist, capsys):
+    bench(BENCH).main(["--data_dir", str(tiny_mnist), "--epochs", "2"])
+    out = capsys.readouterr().out
     for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
-        row = next(line for line in out.stdout.splitlines() if line.startswith(label))
+        row = next(line for line in out.splitlines() if line.startswith(label))
         numbers = [float(v) for v in row[len(label) :].split()]
         assert len(numbers) == 1 + 1 + 2 + 1  # median, images/s, the two epochs, peak memory
         assert all(v > 0 for v in numbers)
         # images/s = the fixture's 200 training images / the median, which is printed rounded to 0.01 s
         assert 200 / (numbers[0] + 0.005) - 1 <= numbers[1] <= 200 / max(numbers[0] - 0.005, 1e-3) + 1
-    ratios = re.search(r"\(a\)/\(c\) = ([\d.]+)\s+\(c\)/\(b\) = ([\d.]+)", out.stdout)
+    ratios = re.search(r"\(a\)/\(c\) = ([\d.]+)\s+\(c\)/\(b\) = ([\d.]+)", out)
     assert ratios and float(ratios[1]) > 0 and float(ratios[2]) > 0
-    assert out.stdout.count("one val/fid + val/acc evaluation") == 1  # after the last epoch
-    assert "FLOP floor: " in out.stdout
+    assert out.count("one val/fid + val/acc evaluation") == 1  # after the last epoch
+    assert "FLOP floor: " in out
 
 
 @pytest.mark.slow
-def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist, tmp_path):
+def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist, tmp_path, capsys):
     # after "--", for train.py: scored once, at the run's end (not every 10 of the fixture's tiny epochs)
     rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
-    args = [sys.executable, str(QUALITY), "--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2"]
-    args += ["--per-class", "10", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}", "--data.batch_size=50"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
+    args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "--per-class", "10"]
+    bench(QUALITY).main([*args, "--keep", str(tmp_path / "runs"), "--", f"--config={rare}", "--data.batch_size=50"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
     unit = float(re.search(r"the seed's loop: ([\d.]+) s per epoch \(median of 1\)", lines[0])[1])
     assert "config default" in lines[0] and unit > 0
     assert lines[1].split()[:5] == ["budget", "(seed", "epochs)", "seconds", "wall"]
@@ -233,7 +239,6 @@ def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
 def test_speed_benchmark_on_cuda_without_a_gpu_says_so(tiny_mnist):
-    args = [sys.executable, str(BENCH), "--data_dir", str(tiny_mnist), "--device", "cuda"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1
-    assert out.stderr.strip() == "error: --device cuda, but PyTorch sees no CUDA GPU here."
+    with pytest.raises(SystemExit) as stop:  # sys.exit(message): the message on stderr, exit status 1
+        bench(BENCH).main(["--data_dir", str(tiny_mnist), "--device", "cuda"])
+    assert stop.value.code == "error: --device cuda, but PyTorch sees no CUDA GPU here."
