@@ -8,6 +8,7 @@ import os
 import shutil
 import struct
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -87,18 +88,18 @@ def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
 
 def _extract(raw: Path, dataset: str) -> None:
     """Extract each .gz under ``raw`` that passes its checksum and is not extracted yet, writing
-    to a temporary file that is renamed into place when complete."""
+    to a hidden file of its own (the usual permissions) that is renamed into place when complete."""
     for name, md5 in _dataset_class(dataset).resources:
         gz, out = raw / name, raw / Path(name).stem
         if out.is_file() or not gz.is_file() or not check_integrity(str(gz), md5):
             continue
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{out.name}.")
+        tmp = raw / f".{out.name}.{uuid.uuid4().hex}"
         try:
-            with os.fdopen(fd, "wb") as dst, gzip.open(gz, "rb") as src:
+            with open(tmp, "xb") as dst, gzip.open(gz, "rb") as src:
                 shutil.copyfileobj(src, dst)
             os.replace(tmp, out)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
 
 def _fetch(raw: Path, dataset: str) -> None:

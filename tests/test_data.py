@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import http.server
+import os
 import re
 import shutil
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from conftest import RAW_NAMES, make_mnist
 from torchvision import datasets
 
@@ -128,6 +130,10 @@ def test_gz_files_are_extracted_offline(gz_mnist, offline):
     download(str(root))
     images, labels = load_split(str(root), train=False)
     assert images.shape == (50, 28, 28) and labels.shape == (50,)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in RAW_NAMES.values():  # readable by others sharing the folder, as a plain write makes them
+        assert (root / "MNIST" / "raw" / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_an_extraction_cut_short_leaves_no_half_written_file(gz_mnist, offline, monkeypatch):
@@ -174,6 +180,17 @@ def test_missing_or_corrupt_files_are_downloaded_whole(mirror, tmp_path):
     assert all((raw / name).read_bytes() == (mirror / "MNIST" / "raw" / name).read_bytes() for name in gz)
     images, labels = load_split(str(tmp_path), train=True)
     assert images.shape == (200, 28, 28) and labels.shape == (200,)
+
+
+def test_a_download_that_breaks_off_leaves_nothing_behind(mirror, tmp_path, monkeypatch):
+    def broken(url, path, *args, **kwargs):  # half a file, then the connection drops
+        Path(path).write_bytes(b"\x1f\x8b" + b"0" * 100)
+        raise ConnectionResetError("the connection dropped")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "_urlretrieve", broken)
+    with pytest.raises(DataError, match="could not be downloaded \\(the connection dropped\\)"):
+        download(str(tmp_path))
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []
 
 
 def test_missing_data_offline_names_the_folder_and_the_files(tmp_path, offline):
