@@ -172,9 +172,9 @@ class CGAN(pl.LightningModule):
         self.optimizer_fns = {"g_optimizer": g_optimizer, "d_optimizer": d_optimizer}
         self.scheduler_fns = (g_scheduler, d_scheduler)
         self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
-        twin = aux_weight is not None and getattr(discriminator, "twin", None) is not None
+        self.twin = aux_weight is not None and getattr(discriminator, "twin", None) is not None
         self.train_stats = BatchMeans(
-            STATS + (AUX_STATS if aux_weight is not None else ()) + (TWIN_STATS if twin else ())
+            STATS + (AUX_STATS if aux_weight is not None else ()) + (TWIN_STATS if self.twin else ())
         )
 
         noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
@@ -311,7 +311,7 @@ class CGAN(pl.LightningModule):
         if self.aux_weight is None:
             return self.discriminator(x, y), None, None
         out = self.discriminator(x, y, classes=True)
-        return out if len(out) == 3 else (*out, None)
+        return out if self.twin else (*out, None)
 
     def r1_penalty(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor | None:
         """D's R1 penalty on real digits ``x (B, 1, 28, 28)``, or None on batches that skip it.

@@ -52,7 +52,7 @@ def assert_same_weights_on_both_ranks(run_dir: Path, batches: int) -> dict:
 def test_two_processes_train_identical_weights_and_resume_in_one_process_and_back(tiny_mnist, tmp_path, monkeypatch):
     few = f"--config={callbacks_config(tmp_path / 'few.yaml', {'DigitMetrics': {'per_class': 20}})}"
     # under DDP, rank 0's LR factor is broadcast before every batch; R1's double backward and the
-    # class head's terms are synced
+    # class heads' terms are synced
     head = ["--model.discriminator=cgan.models.ConvDiscriminator", "--model.discriminator.classifier=true"]
     head.append("--model.discriminator.twin=true")
     options = ["--model.lr_decay=0.5", "--model.r1_gamma=1.0", "--model.r1_every=2", *head, "--model.aux_weight=0.5"]

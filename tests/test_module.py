@@ -210,7 +210,7 @@ def test_aux_weight_without_a_class_head_is_refused_with_the_fix():
     assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class")
 
 
-def test_a_twin_head_is_trained_and_logged_with_aux_weight_only():
+def test_a_twin_heads_loss_is_logged_with_aux_weight_only():
     twin = ConvDiscriminator(classifier=True, twin=True)
     module = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
     assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class", "d_twin")

@@ -126,7 +126,8 @@ def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist,
 def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_tmp):
     nets = ["--model.generator=helpers.ShiftedGenerator", "--model.discriminator=helpers.TwinNamingDiscriminator"]
     sgd = [f"--model.{net}_optimizer{arg}" for net in ("g", "d") for arg in ("=torch.optim.SGD", ".lr=0.1")]
-    trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *sgd, "--model.aux_weight=0.5")  # one batch
+    # one batch; with mismatch, real digits under wrong labels follow G's among D's inputs
+    trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *sgd, "--model.aux_weight=0.5", "--model.mismatch=0.5")
     metrics = trainer.callback_metrics
     assert metrics["train/d_twin"].item() == pytest.approx(math.log(math.exp(5) + 9) - 5)  # G's digits only
     assert metrics["train/d_class"].item() == pytest.approx(math.log(10))  # the class head: real digits only
