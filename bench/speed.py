@@ -200,23 +200,23 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run the three variants this many times in turn")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where (b) and (c) train")
     parser.add_argument("--only", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
-    args = parser.parse_args(args)
-    device = torch.device(args.device)
+    opts = parser.parse_args(args)
+    device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but PyTorch sees no CUDA GPU here.")
 
-    if args.only:  # child process: run one variant, print one JSON line
-        child = VARIANTS[args.only](args.data_dir, args.epochs, device)
+    if opts.only:  # child process: run one variant, print one JSON line
+        child = VARIANTS[opts.only](opts.data_dir, opts.epochs, device)
         child["peak_mb"] = peak_rss_mb()
         child["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
         print(json.dumps(child))
         return
 
     results = {name: {"times": [], "evals": [], "peak_mb": 0.0, "gpu_mb": 0.0} for name in ("seed", "bare", "cgan")}
-    for _ in range(args.rounds):
+    for _ in range(opts.rounds):
         for name, res in results.items():
-            cmd = [sys.executable, __file__, "--only", name, "--data_dir", args.data_dir, "--epochs", str(args.epochs)]
-            out = subprocess.run(cmd + ["--device", args.device], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--only", name, "--data_dir", opts.data_dir, "--epochs", str(opts.epochs)]
+            out = subprocess.run(cmd + ["--device", opts.device], capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
             child = json.loads(out.stdout.strip().splitlines()[-1])
@@ -231,9 +231,9 @@ def main(args: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}; (b) and (c) on {device.type}, "
-        f"{args.epochs} epochs each, {args.rounds} round(s)"
+        f"{opts.epochs} epochs each, {opts.rounds} round(s)"
     )
-    width = max(28, 6 * args.epochs * args.rounds + 4)
+    width = max(28, 6 * opts.epochs * opts.rounds + 4)
     print(f"{'variant':<34}{'s/epoch (median)':>18}{'images/s':>10}{'epochs (s)':>{width}}{'peak RSS MB':>14}")
     labels = {"seed": "(a) seed loop", "bare": "(b) bare in-memory loop (floor)", "cgan": "(c) cgan, default config"}
     for name, res in results.items():

@@ -188,7 +188,6 @@ def test_evaluate_prints_every_row(trained, capsys):
     assert all(0 <= v <= 1 for v in table["precision"] + table["recall"])
 
 
-@pytest.mark.slow
 def bench(path: Path):
     """A benchmark script as a module, to drive its ``main(args)`` in this process (its variants
     and training runs still start their own)."""
@@ -198,6 +197,7 @@ def bench(path: Path):
     return module
 
 
+@pytest.mark.slow
 def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist, capsys):
     bench(BENCH).main(["--data_dir", str(tiny_mnist), "--epochs", "2"])
     out = capsys.readouterr().out
