@@ -26,8 +26,13 @@ def test_classifier_scores_fixture_digits(tiny_mnist):
     images, _ = load_split(str(tiny_mnist), train=False)
     logits = model(scale(images))
     assert logits.shape == (50, 10)
-    assert model.features(scale(images)).shape == (50, MNISTClassifier.num_features)
+    features = model.features(scale(images))
+    assert features.shape == (50, MNISTClassifier.num_features)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert model.features[:3](scale(images)).is_contiguous(memory_format=torch.channels_last)  # fast pooling
+    plain = MNISTClassifier().eval()  # the usual layout gives the same features
+    plain.load_state_dict(model.state_dict())
+    assert torch.allclose(plain.features(scale(images)), features, atol=1e-5)
 
 
 def test_tampered_weights_are_refused(tmp_path):
