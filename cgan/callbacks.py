@@ -124,8 +124,9 @@ class HparamsTable(pl.Callback):
     ``generator`` and ``discriminator`` (class names), ``loss``, ``g_lr`` and ``d_lr`` (the
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
     there is no EMA: an average with decay 0 is the live generator), ``lr_decay``,
-    ``r1_gamma``, ``mismatch`` and ``aux_weight`` (0 for none), ``max_epochs`` and ``dataset``; Lightning adds
-    them to the run's ``hparams.yaml`` too.
+    ``r1_gamma``, ``mismatch`` and ``aux_weight`` (0 for none), ``twin`` (whether G is also
+    judged by a twin class head), ``max_epochs`` and ``dataset``; Lightning adds them to the
+    run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
     with: the checkpoint records where the row was written. Rank 0 only, as the logger.
@@ -167,6 +168,7 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "r1_gamma": pl_module.r1_gamma or 0.0,
         "mismatch": pl_module.mismatch or 0.0,
         "aux_weight": pl_module.aux_weight or 0.0,
+        "twin": pl_module.twin,
         "max_epochs": trainer.max_epochs,
         "dataset": data.dataset,
     }

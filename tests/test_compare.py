@@ -97,6 +97,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "r1_gamma",
         "mismatch",
         "aux_weight",
+        "twin",
         "max_epochs",
         "dataset",
     }
@@ -114,6 +115,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "r1_gamma": 0,
         "mismatch": 0,
         "aux_weight": 0,
+        "twin": False,
         "max_epochs": 1,
         "dataset": "MNIST",
     }
@@ -124,7 +126,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "hinge",
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
-    assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"]) == (10.0, 0, 0.5)
+    assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"], dcgan["twin"]) == (10.0, 0, 0.5, True)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}
