@@ -355,9 +355,7 @@ class CGAN(pl.LightningModule):
         if bool(torch.isfinite(totals).all()):
             return
         bad = [  # the losses (D's mean outputs are non-finite only with D's loss)
-            name
-            for name, v in zip(self.train_stats.names, totals)
-            if name not in ("d_real", "d_fake") and not torch.isfinite(v)
+            name for name, v in zip(self.train_stats.names, totals) if name not in STATS[2:] and not torch.isfinite(v)
         ]
         raise DivergenceError(
             f"{' and '.join(bad)} became non-finite in epoch {self.current_epoch} (detected at {where}, "

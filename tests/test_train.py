@@ -20,6 +20,8 @@ from cgan.module import CGAN
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
 BATCHES = 10  # 200 fixture images / 20
 DCGAN = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
+# plain SGD for both networks (Adam's first step is lr * sign(gradient)): one step's size is known
+SGD = [f"--model.{net}_optimizer{arg}" for net in ("g", "d") for arg in ("=torch.optim.SGD", ".lr=0.1")]
 
 
 def train(data_dir: Path, *extra: str):
@@ -105,9 +107,8 @@ def test_the_class_heads_losses_are_logged_apart_from_the_gan_losses(tiny_mnist,
 
 
 def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist, in_tmp):
-    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null"]  # one batch
-    for net in ("g", "d"):  # plain SGD: Adam's first step is lr * sign(gradient)
-        one += [f"--model.{net}_optimizer=torch.optim.SGD", f"--model.{net}_optimizer.lr=0.1"]
+    # one batch (two optimizer steps)
+    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
     runs = {}
     for weight in ("null", 0.5, 2.0):  # the same seed, so the same draws: only the class terms differ
         trainer = train(tiny_mnist, *one, f"--model.aux_weight={weight}", f"--trainer.default_root_dir={weight}")
@@ -125,9 +126,8 @@ def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist,
 
 def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_tmp):
     nets = ["--model.generator=helpers.ShiftedGenerator", "--model.discriminator=helpers.TwinNamingDiscriminator"]
-    sgd = [f"--model.{net}_optimizer{arg}" for net in ("g", "d") for arg in ("=torch.optim.SGD", ".lr=0.1")]
     # one batch; with mismatch, real digits under wrong labels follow G's among D's inputs
-    trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *sgd, "--model.aux_weight=0.5", "--model.mismatch=0.5")
+    trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *SGD, "--model.aux_weight=0.5", "--model.mismatch=0.5")
     metrics = trainer.callback_metrics
     assert metrics["train/d_twin"].item() == pytest.approx(math.log(math.exp(5) + 9) - 5)  # G's digits only
     assert metrics["train/d_class"].item() == pytest.approx(math.log(10))  # the class head: real digits only
