@@ -125,7 +125,7 @@ class HparamsTable(pl.Callback):
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
     there is no EMA: an average with decay 0 is the live generator), ``lr_decay``,
     ``r1_gamma``, ``mismatch`` and ``aux_weight`` (0 for none), ``twin`` (whether G is also
-    judged by a twin class head), ``max_epochs`` and ``dataset``; Lightning adds them to the
+    judged by a twin class head), ``mode_seeking`` (0 for none), ``max_epochs`` and ``dataset``; Lightning adds them to the
     run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
@@ -169,6 +169,7 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "mismatch": pl_module.mismatch or 0.0,
         "aux_weight": pl_module.aux_weight or 0.0,
         "twin": pl_module.twin,
+        "mode_seeking": pl_module.mode_seeking or 0.0,
         "max_epochs": trainer.max_epochs,
         "dataset": data.dataset,
     }

@@ -49,6 +49,11 @@ def _missing_message(data_dir: str, dataset: str, why: str) -> str:
             f"and fresh copies could not be downloaded ({why}).\n"
             f"Delete them and copy the official files there again."
         )
+    if all((raw / name).is_file() for name, _ in cls.resources):  # all there and sound, as .gz only
+        return (
+            f"{dataset} in {raw} is there as .gz files only, and they could not be extracted ({why}).\n"
+            f"Make {raw} writable, or extract them there yourself (gunzip -k {raw}/*.gz)."
+        )
     return (
         f"{dataset} was not found in {raw} and could not be downloaded ({why}).\n"
         f"Put the four official files there (the .gz files, or the extracted ones):\n{names}\n"

@@ -14,6 +14,7 @@ import torchvision
 from conftest import RAW_NAMES, make_mnist
 from torchvision import datasets
 
+import cgan.data
 from cgan.data import InMemoryLoader, MNISTDataModule, download, load_split
 from cgan.errors import ConfigError, DataError
 
@@ -201,6 +202,24 @@ def test_missing_data_offline_names_the_folder_and_the_files(tmp_path, offline):
     for name in RAW_NAMES.values():
         assert name + ".gz" in message
     assert "--data.data_dir" in message
+
+
+def test_gz_files_in_a_folder_that_cannot_be_written_say_so(gz_mnist, offline, monkeypatch):
+    raw = gz_mnist / "MNIST" / "raw"
+
+    def read_only(path, mode="r", *args, **kwargs):  # as in a read-only folder (chmod does not stop root)
+        if "x" in mode or "w" in mode:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(cgan.data, "open", read_only, raising=False)
+    with pytest.raises(DataError) as err:
+        download(str(gz_mnist))
+    assert str(err.value).startswith(
+        f"MNIST in {raw} is there as .gz files only, and they could not be extracted ([Errno 13] Permission denied: "
+    )
+    assert str(err.value).endswith(f"Make {raw} writable, or extract them there yourself (gunzip -k {raw}/*.gz).")
+    assert sorted(f.name for f in raw.iterdir()) == sorted(name for name, _ in datasets.MNIST.resources)
 
 
 def test_corrupt_gz_is_reported_as_corrupt(gz_mnist, offline):

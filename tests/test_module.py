@@ -188,6 +188,7 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_eve
         ({"mismatch": 1.5}, r"model.mismatch must be in \(0, 1\] or null, got 1.5"),
         ({"aux_weight": 0.0}, "model.aux_weight must be positive or null, got 0.0"),
         ({"aux_weight": -0.5}, "model.aux_weight must be positive or null, got -0.5"),
+        ({"mode_seeking": 0.0}, "model.mode_seeking must be positive or null, got 0.0"),
     ],
 )
 def test_d_regularizer_settings_out_of_range_are_refused(kwargs, text):
@@ -247,3 +248,15 @@ def test_under_ddp_every_process_takes_rank_0s_lr_factor():
     trainer.world_size = 1
     module._decay_learning_rates(batch_idx=0)
     assert [opt.param_groups[0]["lr"] for opt in (opt_g, opt_d)] == pytest.approx([0.00075, 0.00075])
+
+
+def test_the_mode_seeking_term_compares_digits_of_the_same_label_only():
+    y = torch.tensor([1, 0, 1, 0, 2])  # pairs (1, 3) and (0, 2); digit 4 has no partner
+    fake = torch.tensor([0.1, 0.5, 0.4, 0.9, -1.0])[:, None, None, None].expand(5, 1, 28, 28)
+    z = torch.tensor([0.0, 1.0, 2.0, 0.0, 9.0])[:, None].expand(5, 8)
+    ratio = ((0.9 - 0.5) + (0.4 - 0.1)) / 2 / ((1.0 + 2.0) / 2)
+    assert CGAN.mode_seeking_term(z, fake, y).item() == pytest.approx(1 / (ratio + 1e-5))
+    alike = fake.clone()
+    alike[2] = alike[0]  # label 1 collapsed to one digit: the term grows
+    assert CGAN.mode_seeking_term(z, alike, y) > CGAN.mode_seeking_term(z, fake, y)
+    assert CGAN.mode_seeking_term(z, fake, torch.arange(5)).item() == 0.0  # no pairs: no term

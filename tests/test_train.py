@@ -136,6 +136,24 @@ def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_
     assert trainer.lightning_module.generator.shift.item() == pytest.approx(0.1 * 0.5 * slope)
 
 
+def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
+    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
+    one.append("--model.g_optimizer.lr=0.01")  # G's step small enough for the term's slope to hold
+    runs, terms = {}, {}
+    z, y = torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), torch.arange(200) % 10
+    for weight in ("null", 1.0):  # the same seed, so the same draws: only G's term differs
+        trainer = train(tiny_mnist, *one, f"--model.mode_seeking={weight}", f"--trainer.default_root_dir={weight}")
+        runs[weight] = dict(trainer.lightning_module.named_parameters())
+        with torch.no_grad():
+            terms[weight] = CGAN.mode_seeking_term(z, trainer.lightning_module.generator(z, y), y)
+    for name, value in runs[1.0].items():
+        if name.startswith("generator."):
+            assert not torch.equal(value, runs["null"][name]), name
+        elif name.startswith("discriminator."):  # D's update comes first and does not see it
+            assert torch.equal(value, runs["null"][name]), name
+    assert terms[1.0] < terms["null"]  # G's step went down the term: unlike digits from unlike noise
+
+
 def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
     args = ["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST]
     run([*args, "--max_epochs=1"])
