@@ -125,8 +125,8 @@ class HparamsTable(pl.Callback):
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
     there is no EMA: an average with decay 0 is the live generator), ``lr_decay``,
     ``r1_gamma``, ``mismatch`` and ``aux_weight`` (0 for none), ``twin`` (whether G is also
-    judged by a twin class head), ``mode_seeking`` (0 for none), ``max_epochs`` and ``dataset``; Lightning adds them to the
-    run's ``hparams.yaml`` too.
+    judged by a twin class head), ``mode_seeking`` (0 for none), ``max_epochs`` and ``dataset``;
+    Lightning adds them to the run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
     with: the checkpoint records where the row was written. Rank 0 only, as the logger.
