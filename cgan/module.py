@@ -326,11 +326,11 @@ class CGAN(pl.LightningModule):
         """
         order = torch.argsort(y, stable=True)
         a, b = order[:-1], order[1:]
-        a, b = a[y[a] == y[b]], b[y[a] == y[b]]
-        if a.numel() == 0:
-            return fake.new_zeros(())
-        ratio = (fake[a] - fake[b]).abs().mean() / (z[a] - z[b]).abs().mean()
-        return 1.0 / (ratio + 1e-5)
+        pair = (y[a] == y[b]).to(fake.dtype)  # (B - 1,): weights, not indices, so no host sync
+        d_img = ((fake[a] - fake[b]).abs().flatten(1).mean(1) * pair).sum()
+        d_z = ((z[a] - z[b]).abs().mean(1) * pair).sum()  # both summed over the same pairs
+        term = 1.0 / (d_img / d_z.clamp_min(1e-12) + 1e-5)
+        return torch.where(pair.any(), term, torch.zeros_like(term))
 
     def _judge(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """D's logits ``(B,)`` for ``(x, y)``, its class logits ``(B, num_classes)`` with
