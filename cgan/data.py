@@ -52,7 +52,8 @@ def _missing_message(data_dir: str, dataset: str, why: str) -> str:
     if all((raw / name).is_file() for name, _ in cls.resources):  # all there and sound, as .gz only
         return (
             f"{dataset} in {raw} is there as .gz files only, and they could not be extracted ({why}).\n"
-            f"Make {raw} writable, or extract them there yourself (gunzip -k {raw}/*.gz)."
+            f"Make {raw} writable, or extract them into a writable folder's {dataset}/raw/ and pass "
+            f"--data.data_dir (cgan-evaluate: --data_dir) pointing at that folder."
         )
     return (
         f"{dataset} was not found in {raw} and could not be downloaded ({why}).\n"

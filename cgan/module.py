@@ -69,7 +69,7 @@ class CGAN(pl.LightningModule):
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
     head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``,
     its cross-entropy on G's digits. ``d_loss`` and ``g_loss`` are the GAN losses alone, without
-    the R1 penalty or the class heads' terms.
+    the R1 penalty, the class heads' terms or the mode-seeking term.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -320,9 +320,11 @@ class CGAN(pl.LightningModule):
         """``1 / (d_img / d_z + 1e-5)`` for G's digits ``fake (B, 1, 28, 28)`` drawn from ``z (B, noise_dim)``
         for labels ``y (B,)``: a scalar, large when different noise gives alike digits.
 
-        ``d_img`` and ``d_z`` are mean absolute differences over pairs of the same label: with
-        the batch sorted by label, each digit and the next one (Mao et al., 2019's mode-seeking
-        term, for one condition at a time). A batch with no two digits of a label gives 0.
+        ``d_img`` and ``d_z`` are absolute differences over pairs of the same label (with the
+        batch sorted by label, each digit and the next one), each averaged within a pair and
+        summed over the same pairs, so their ratio is that of the means (Mao et al., 2019's
+        mode-seeking term, for one condition at a time). A batch with no two digits of a label
+        gives 0, and no gradient.
         """
         order = torch.argsort(y, stable=True)
         a, b = order[:-1], order[1:]

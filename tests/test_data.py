@@ -218,7 +218,10 @@ def test_gz_files_in_a_folder_that_cannot_be_written_say_so(gz_mnist, offline, m
     assert str(err.value).startswith(
         f"MNIST in {raw} is there as .gz files only, and they could not be extracted ([Errno 13] Permission denied: "
     )
-    assert str(err.value).endswith(f"Make {raw} writable, or extract them there yourself (gunzip -k {raw}/*.gz).")
+    assert str(err.value).endswith(
+        f"Make {raw} writable, or extract them into a writable folder's MNIST/raw/ and pass "
+        f"--data.data_dir (cgan-evaluate: --data_dir) pointing at that folder."
+    )
     assert sorted(f.name for f in raw.iterdir()) == sorted(name for name, _ in datasets.MNIST.resources)
 
 

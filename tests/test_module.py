@@ -189,9 +189,10 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_eve
         ({"aux_weight": 0.0}, "model.aux_weight must be positive or null, got 0.0"),
         ({"aux_weight": -0.5}, "model.aux_weight must be positive or null, got -0.5"),
         ({"mode_seeking": 0.0}, "model.mode_seeking must be positive or null, got 0.0"),
+        ({"mode_seeking": -0.1}, "model.mode_seeking must be positive or null, got -0.1"),
     ],
 )
-def test_d_regularizer_settings_out_of_range_are_refused(kwargs, text):
+def test_loss_term_settings_out_of_range_are_refused(kwargs, text):
     with pytest.raises(ConfigError, match=text):
         CGAN(Generator(), Discriminator(), torch.optim.Adam, torch.optim.Adam, **kwargs)
 
@@ -259,4 +260,8 @@ def test_the_mode_seeking_term_compares_digits_of_the_same_label_only():
     alike = fake.clone()
     alike[2] = alike[0]  # label 1 collapsed to one digit: the term grows
     assert CGAN.mode_seeking_term(z, alike, y) > CGAN.mode_seeking_term(z, fake, y)
-    assert CGAN.mode_seeking_term(z, fake, torch.arange(5)).item() == 0.0  # no pairs: no term
+    for labels in (torch.arange(5), torch.zeros(1, dtype=torch.long)):  # no pairs: no term, no slope
+        drawn = fake[: len(labels)].clone().requires_grad_(True)
+        term = CGAN.mode_seeking_term(z[: len(labels)], drawn, labels)
+        (grad,) = torch.autograd.grad(term, drawn)
+        assert term.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))

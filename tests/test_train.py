@@ -137,6 +137,7 @@ def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_
 
 
 def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
+    # one batch (two optimizer steps), so D's one update comes before any of G's
     one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
     one.append("--model.g_optimizer.lr=0.01")  # G's step small enough for the term's slope to hold
     runs, terms = {}, {}
