@@ -49,7 +49,7 @@ def _missing_message(data_dir: str, dataset: str, why: str) -> str:
             f"and fresh copies could not be downloaded ({why}).\n"
             f"Delete them and copy the official files there again."
         )
-    if all((raw / name).is_file() for name, _ in cls.resources):  # all there and sound, as .gz only
+    if _compressed(raw, dataset):  # all there and sound (checked above), as .gz only
         return (
             f"{dataset} in {raw} is there as .gz files only, and they could not be extracted ({why}).\n"
             f"Make {raw} writable, or extract them into a writable folder's {dataset}/raw/ and pass "
@@ -65,6 +65,11 @@ def _missing_message(data_dir: str, dataset: str, why: str) -> str:
 def _extracted(raw: Path, dataset: str) -> bool:
     """Whether all four extracted files are there (torchvision then reads them and never looks at the .gz)."""
     return all((raw / Path(name).stem).is_file() for name, _ in _dataset_class(dataset).resources)
+
+
+def _compressed(raw: Path, dataset: str) -> bool:
+    """Whether all four .gz files are there (whatever their checksums)."""
+    return all((raw / name).is_file() for name, _ in _dataset_class(dataset).resources)
 
 
 def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
@@ -131,7 +136,7 @@ def _require_extracted(data_dir: str, dataset: str) -> None:
     raw = Path(data_dir) / dataset / "raw"
     if _extracted(raw, dataset):
         return
-    if all((raw / name).exists() for name, _ in _dataset_class(dataset).resources):
+    if _compressed(raw, dataset):
         raise DataError(
             f"{dataset} in {raw} is only there as .gz files. Run with --data.download true (the "
             f"default): it extracts them without going online."

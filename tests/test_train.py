@@ -22,6 +22,8 @@ BATCHES = 10  # 200 fixture images / 20
 DCGAN = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
 # plain SGD for both networks (Adam's first step is lr * sign(gradient)): one step's size is known
 SGD = [f"--model.{net}_optimizer{arg}" for net in ("g", "d") for arg in ("=torch.optim.SGD", ".lr=0.1")]
+# dcgan for one batch (two optimizer steps: D's update, then G's) with SGD and no EMA
+ONE_BATCH = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
 
 
 def train(data_dir: Path, *extra: str):
@@ -107,11 +109,9 @@ def test_the_class_heads_losses_are_logged_apart_from_the_gan_losses(tiny_mnist,
 
 
 def test_the_class_head_learns_in_ds_update_and_teaches_g_in_its_own(tiny_mnist, in_tmp):
-    # one batch (two optimizer steps)
-    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
     runs = {}
     for weight in ("null", 0.5, 2.0):  # the same seed, so the same draws: only the class terms differ
-        trainer = train(tiny_mnist, *one, f"--model.aux_weight={weight}", f"--trainer.default_root_dir={weight}")
+        trainer = train(tiny_mnist, *ONE_BATCH, f"--model.aux_weight={weight}", f"--trainer.default_root_dir={weight}")
         runs[weight] = dict(trainer.lightning_module.named_parameters())
     start = recorder(trainer).initial
     for head in ("discriminator.classifier.weight", "discriminator.twin.weight"):
@@ -137,9 +137,7 @@ def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_
 
 
 def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
-    # one batch (two optimizer steps), so D's one update comes before any of G's
-    one = ["--config", DCGAN, "--data.batch_size=20", "--trainer.max_steps=2", "--model.ema_decay=null", *SGD]
-    one.append("--model.g_optimizer.lr=0.01")  # G's step small enough for the term's slope to hold
+    one = [*ONE_BATCH, "--model.g_optimizer.lr=0.01"]  # G's step small enough for the term's slope to hold
     runs, terms = {}, {}
     z, y = torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), torch.arange(200) % 10
     for weight in ("null", 1.0):  # the same seed, so the same draws: only G's term differs
