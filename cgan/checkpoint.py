@@ -6,6 +6,7 @@ File handling only: rebuilding the model from a checkpoint is ``CGAN.from_checkp
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,42 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
             f"the checkpoint was made with a different architecture ({shown}). "
             f"Use the config it was trained with (its run folder holds config.yaml: --config that file)."
         )
+
+
+def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[str]:
+    """The settings a resumed run trains with that differ from ``checkpoint``'s, one line each.
+
+    ``model`` and ``data`` are the new run's hyperparameters (the module's and the data
+    module's ``hparams``); nested ones are compared leaf by leaf and named as on the command
+    line: ``"model.g_optimizer.init_args.lr: 0.0008 in the checkpoint, 0.0004 now"``. Of the
+    data settings only ``batch_size`` and ``dataset`` are compared: the others say where and
+    how the files are read, and give the same batches (the shuffling seed is ``model.seed``'s
+    twin). Settings one side lacks (a checkpoint from an older version) are left out.
+    """
+    data = {k: v for k, v in data.items() if k in ("batch_size", "dataset")}
+    lines = []
+    for section, own, key in (("model", model, "hyper_parameters"), ("data", data, "datamodule_hyper_parameters")):
+        theirs, ours = _leaves(checkpoint.get(key) or {}), _leaves(own)
+        lines += [
+            f"{section}.{name}: {_show(theirs[name])} in the checkpoint, {_show(ours[name])} now"
+            for name in sorted(theirs.keys() & ours.keys())
+            if theirs[name] != ours[name]
+        ]
+    return lines
+
+
+def _leaves(hparams: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every non-mapping value under ``hparams`` (tuples as lists)."""
+    out = {}
+    for key, value in hparams.items():
+        if key.startswith("_"):  # LightningCLI's bookkeeping (_instantiator), not a setting
+            continue
+        if isinstance(value, Mapping) or hasattr(value, "as_dict"):  # a dict or a jsonargparse Namespace
+            out.update(_leaves(value if isinstance(value, Mapping) else value.as_dict(), f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from cgan import checkpoint
 from cgan.data import MNISTDataModule
@@ -158,7 +159,14 @@ def run(args: list[str] | None = None) -> pl.Trainer:
     # checkpoint to resume is readable and fits the model.
     cli.model.configure_optimizers()
     if cli.config.ckpt_path is not None:
-        checkpoint.check_compatible(cli.model, checkpoint.load(cli.config.ckpt_path))
+        ckpt = checkpoint.load(cli.config.ckpt_path)
+        checkpoint.check_compatible(cli.model, ckpt)
+        changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams)
+        if changed:  # allowed (a lower learning rate, say), but said, in case the config was not the run's
+            rank_zero_warn(
+                "resuming with settings that differ from the checkpoint's: " + "; ".join(changed) + ". "
+                "To train on as the run was set up, pass its own config (--config <run folder>/config.yaml)."
+            )
     # lightning_fabric sets this at import so that probing CUDA never initialises it before a
     # fork; with it set, every optimizer.step() re-loads NVML to ask whether CUDA is there (~5%
     # of a CPU epoch). Training starts its DDP workers as fresh processes, so it is not needed.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,24 @@ def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_chec
     )
     assert text in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
+    train(tiny_mnist, "--max_epochs=1")
+    elsewhere = shutil.copytree(tiny_mnist, in_tmp / "elsewhere")
+    with warnings.catch_warnings(record=True) as caught:  # the same settings, the data read from another folder
+        warnings.simplefilter("always")
+        run([f"--data.data_dir={elsewhere}", *FAST, "--max_epochs=1", "--ckpt_path=last"])
+    assert not [w for w in caught if "differ from the checkpoint's" in str(w.message)]
+    changed = ["--data.batch_size=25", "--model.g_optimizer.init_args.lr=0.0005"]
+    with pytest.warns(UserWarning, match="differ from the checkpoint's") as caught:
+        run([f"--data.data_dir={tiny_mnist}", *FAST, *changed, "--max_epochs=1", "--ckpt_path=last"])
+    assert [str(w.message) for w in caught if "differ" in str(w.message)] == [
+        "resuming with settings that differ from the checkpoint's: "
+        "model.g_optimizer.init_args.lr: 0.001 in the checkpoint, 0.0005 now; "
+        "data.batch_size: 20 in the checkpoint, 25 now. "
+        "To train on as the run was set up, pass its own config (--config <run folder>/config.yaml)."
+    ]
 
 
 @pytest.mark.parametrize("given", ["7", "true"])
