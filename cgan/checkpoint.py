@@ -5,6 +5,7 @@ File handling only: rebuilding the model from a checkpoint is ``CGAN.from_checkp
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,40 +104,54 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
         )
 
 
-def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[str]:
-    """The settings a resumed run trains with that differ from ``checkpoint``'s, one line each.
+def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[tuple[str, Any, Any]]:
+    """``(name, the checkpoint's value, this run's value)`` for each setting a resumed run changes.
 
     ``model`` and ``data`` are the new run's hyperparameters (the module's and the data
-    module's ``hparams``); nested ones are compared leaf by leaf and named as on the command
-    line: ``"model.g_optimizer.init_args.lr: 0.0008 in the checkpoint, 0.0004 now"``. Of the
-    data settings only ``batch_size`` and ``dataset`` are compared: the others say where and
-    how the files are read, and give the same batches (the shuffling seed is ``model.seed``'s
-    twin). Settings one side lacks (a checkpoint from an older version) are left out.
+    module's ``hparams``). Names are as on the command line (``model.g_optimizer.init_args.lr``):
+    where both sides hold a mapping it is compared key by key, otherwise as a whole (a
+    scheduler switched on: null in the checkpoint, its ``class_path``/``init_args`` now). A
+    setting the checkpoint lacks (written before the setting existed) counts as null there;
+    below the top level, such keys (an optimizer argument a newer torch added) are left out. Of
+    the data settings only ``batch_size`` and ``dataset`` are compared: the others say where
+    and how the files are read and give the same batches (the shuffling seed is ``model.seed``'s
+    twin).
     """
     data = {k: v for k, v in data.items() if k in ("batch_size", "dataset")}
-    lines = []
+    changed = []
     for section, own, key in (("model", model, "hyper_parameters"), ("data", data, "datamodule_hyper_parameters")):
-        theirs, ours = _leaves(checkpoint.get(key) or {}), _leaves(own)
-        lines += [
-            f"{section}.{name}: {_show(theirs[name])} in the checkpoint, {_show(ours[name])} now"
-            for name in sorted(theirs.keys() & ours.keys())
-            if theirs[name] != ours[name]
-        ]
-    return lines
+        changed += _diff(_plain(checkpoint.get(key) or {}), _plain(own), section, top=True)
+    return changed
 
 
-def _leaves(hparams: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for every non-mapping value under ``hparams`` (tuples as lists)."""
-    out = {}
-    for key, value in hparams.items():
-        if key.startswith("_"):  # LightningCLI's bookkeeping (_instantiator), not a setting
+def _diff(theirs: dict, ours: dict, prefix: str, top: bool = False) -> list[tuple[str, Any, Any]]:
+    out = []
+    for key in sorted(ours):  # what the new run lacks it does not train with: nothing to say
+        if key not in theirs and not top:
             continue
-        if isinstance(value, Mapping) or hasattr(value, "as_dict"):  # a dict or a jsonargparse Namespace
-            out.update(_leaves(value if isinstance(value, Mapping) else value.as_dict(), f"{prefix}{key}."))
-        else:
-            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+        name, old, new = f"{prefix}.{key}", theirs.get(key), ours[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _diff(old, new, name)
+        elif old != new:
+            out.append((name, old, new))
     return out
 
 
-def _show(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+def _plain(value: Any) -> Any:
+    """``value`` with jsonargparse Namespaces as dicts and tuples as lists, all the way down;
+    keys starting with ``_`` (LightningCLI's bookkeeping, e.g. ``_instantiator``) dropped."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def show(value: Any) -> str:
+    """A setting as it is written on the command line and in YAML: ``null``, ``true``, ``0.5``,
+    ``[0.0,0.9]``, ``{"class_path":...}``."""
+    if value is None or isinstance(value, (bool, list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

@@ -159,20 +159,29 @@ def run(args: list[str] | None = None) -> pl.Trainer:
     # checkpoint to resume is readable and fits the model.
     cli.model.configure_optimizers()
     if cli.config.ckpt_path is not None:
-        ckpt = checkpoint.load(cli.config.ckpt_path)
-        checkpoint.check_compatible(cli.model, ckpt)
-        changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams)
-        if changed:  # allowed (a lower learning rate, say), but said, in case the config was not the run's
-            rank_zero_warn(
-                "resuming with settings that differ from the checkpoint's: " + "; ".join(changed) + ". "
-                "To train on as the run was set up, pass its own config (--config <run folder>/config.yaml)."
-            )
+        _check_resume(cli)
     # lightning_fabric sets this at import so that probing CUDA never initialises it before a
     # fork; with it set, every optimizer.step() re-loads NVML to ask whether CUDA is there (~5%
     # of a CPU epoch). Training starts its DDP workers as fresh processes, so it is not needed.
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     return cli.trainer
+
+
+def _check_resume(cli: CganCLI) -> None:
+    """Before training writes anything (the run's config.yaml included): refuse a checkpoint the
+    model cannot train on from, and warn of each setting the resume changes."""
+    ckpt = checkpoint.load(cli.config.ckpt_path)
+    cli.model.check_resumable(ckpt)
+    changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams)
+    if changed:  # allowed (a lower learning rate, say), but said: the config may not be the run's
+        show = checkpoint.show
+        rank_zero_warn(
+            "resuming with settings that differ from the checkpoint's: "
+            + "; ".join(f"{name}: {show(old)} in the checkpoint, {show(new)} now" for name, old, new in changed)
+            + ". To train on with the checkpoint's, stop and add: "
+            + " ".join(f"--{name}={show(old)}" for name, old, _ in changed)
+        )
 
 
 def main(args: list[str] | None = None) -> int:

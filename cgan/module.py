@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from torch import Tensor, nn
 
-from cgan.checkpoint import check_compatible
+from cgan.checkpoint import check_compatible, show
 from cgan.checkpoint import load as load_checkpoint
 from cgan.errors import CheckpointError, ConfigError, DivergenceError, reason
 from cgan.losses import LOSSES
@@ -108,8 +108,8 @@ class CGAN(pl.LightningModule):
             variety (Gong et al., 2019's twin auxiliary classifiers).
         mode_seeking: if set, G's loss gets this weight times ``mode_seeking_term``, which grows as
             G draws alike digits of a label from different noise (Mao et al., 2019): more variety
-            within each digit (recall); too large a weight buys it with strokes no one writes
-            (precision and FID worse).
+            within each digit (recall), paid for with sharpness (precision); the distance is
+            taken between pixels, so a large weight also buys it with grey backgrounds.
         sample_seed: seed of the fixed noise behind the sample grids (10 per digit).
         seed: seed of the training noise and dropout: each batch draws from the global RNG
             seeded with ``(seed, epoch, batch, rank)``, so a run resumed at any batch draws
@@ -320,18 +320,16 @@ class CGAN(pl.LightningModule):
         """``1 / (d_img / d_z + 1e-5)`` for G's digits ``fake (B, 1, 28, 28)`` drawn from ``z (B, noise_dim)``
         for labels ``y (B,)``: a scalar, large when different noise gives alike digits.
 
-        Over pairs of the same label (with the batch sorted by label, each digit and the next
-        one), ``d_img`` is the pixels' squared difference and ``d_z`` the noise's absolute
-        difference, each averaged within a pair and summed over the same pairs, so their ratio is
-        that of the means (Mao et al., 2019's mode-seeking term, for one condition at a time).
-        Squared, the push falls where two digits differ: an absolute difference has the same
-        slope at every pixel, and G met it by washing the black backgrounds grey. A batch with no
-        two digits of a label gives 0, and no gradient.
+        ``d_img`` and ``d_z`` are absolute differences over pairs of the same label (with the
+        batch sorted by label, each digit and the next one), each averaged within a pair and
+        summed over the same pairs, so their ratio is that of the means (Mao et al., 2019's
+        mode-seeking term, for one condition at a time). A batch with no two digits of a label
+        gives 0, and no gradient.
         """
         order = torch.argsort(y, stable=True)
         a, b = order[:-1], order[1:]
         pair = (y[a] == y[b]).to(fake.dtype)  # (B - 1,): weights, not indices, so no host sync
-        d_img = ((fake[a] - fake[b]).square().flatten(1).mean(1) * pair).sum()
+        d_img = ((fake[a] - fake[b]).abs().flatten(1).mean(1) * pair).sum()
         d_z = ((z[a] - z[b]).abs().mean(1) * pair).sum()  # both summed over the same pairs
         term = 1.0 / (d_img / d_z.clamp_min(1e-12) + 1e-5)
         return torch.where(pair.any(), term, torch.zeros_like(term))
@@ -406,8 +404,20 @@ class CGAN(pl.LightningModule):
         sums = torch.cat([self.train_stats.total, self.train_stats.count[None]])
         checkpoint["train_stats"] = self.all_gather(sums).reshape(-1, len(sums)).cpu()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def check_resumable(self, checkpoint: dict) -> None:
+        """Raise ``CheckpointError`` unless this module can train on from ``checkpoint``: its weights
+        fit (``check_compatible``) and it logs the same losses (the class heads' only with ``aux_weight``)."""
         check_compatible(self, checkpoint)
+        sums = checkpoint.get("train_stats")
+        if sums is not None and sums.size(1) != len(self.train_stats.names) + 1:
+            theirs = checkpoint.get("hyper_parameters", {}).get("aux_weight")
+            raise CheckpointError(
+                f"the checkpoint was trained with model.aux_weight {show(theirs)} and this run has "
+                f"{show(self.aux_weight)}: resume with the run's own value (--model.aux_weight={show(theirs)})."
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_resumable(checkpoint)
         self._ema_stats_stale = True
         sums = checkpoint.get("train_stats")
         if sums is None:
@@ -415,16 +425,6 @@ class CGAN(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         if len(sums) != world:  # resumed on another number of processes: rank 0 carries the whole sums
             sums = torch.cat([sums.sum(0, keepdim=True), sums.new_zeros(world - 1, sums.size(1))])
-        if sums.size(1) != len(self.train_stats.names) + 1:  # the class head's losses logged in one run only
-            theirs = checkpoint.get("hyper_parameters", {}).get("aux_weight")
-            raise CheckpointError(
-                f"the checkpoint was trained with model.aux_weight {_yaml(theirs)} and this run has "
-                f"{_yaml(self.aux_weight)}: resume with the run's own value (its config.yaml has it)."
-            )
         own = sums[self.global_rank]
         self.train_stats.total.copy_(own[:-1])
         self.train_stats.count.copy_(own[-1])
-
-
-def _yaml(value: float | None) -> str:
-    return "null" if value is None else str(value)

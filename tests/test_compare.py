@@ -129,7 +129,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
     assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"], dcgan["twin"]) == (10.0, 0, 0.5, True)
-    assert dcgan["mode_seeking"] == 0.05
+    assert dcgan["mode_seeking"] == 0.1
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cgan.checkpoint import changed_settings, show
 from cgan.cli import main, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +143,41 @@ def test_a_checkpoint_of_another_architecture_is_refused_untouched(tiny_mnist, i
     assert "error: the checkpoint was made with a different architecture" in err
     assert detail in err
     assert path.read_bytes() == before
+
+
+def test_changed_settings_are_named_as_on_the_command_line():
+    adam = {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "betas": [0.0, 0.9], "amsgrad": False}}
+    step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 3}}
+    saved = {
+        "hyper_parameters": {"_instantiator": "x", "g_optimizer": adam, "g_scheduler": None, "ema_warmup": True},
+        "datamodule_hyper_parameters": {"batch_size": 20, "dataset": "MNIST", "data_dir": "a", "num_workers": 0},
+    }
+    # a newer torch: one optimizer argument more, which the checkpoint lacks
+    newer_torch = {**adam["init_args"], "betas": (0.5, 0.9), "amsgrad": True, "decoupled_weight_decay": False}
+    model = {
+        "_instantiator": "y",
+        "g_optimizer": {**adam, "init_args": newer_torch},
+        "g_scheduler": step,  # switched on
+        "ema_warmup": False,
+        "mode_seeking": 0.05,  # a setting the checkpoint's version did not have
+        "mismatch": None,  # and one it did not have, left off
+    }
+    data = {"batch_size": 20, "dataset": "KMNIST", "data_dir": "b", "num_workers": 2}
+    assert changed_settings(saved, model, data) == [
+        ("model.ema_warmup", True, False),
+        ("model.g_optimizer.init_args.amsgrad", False, True),
+        ("model.g_optimizer.init_args.betas", [0.0, 0.9], [0.5, 0.9]),
+        ("model.g_scheduler", None, step),
+        ("model.mode_seeking", None, 0.05),
+        ("data.dataset", "MNIST", "KMNIST"),
+    ]
+    assert changed_settings(saved, saved["hyper_parameters"], saved["datamodule_hyper_parameters"]) == []
+    assert changed_settings({}, {"lr_decay": None}, {}) == []  # nothing saved, nothing set: nothing changed
+    assert [show(v) for v in (None, True, 0.05, [0.0, 0.9], "hinge", {"a": 1})] == [
+        "null",
+        "true",
+        "0.05",
+        "[0.0,0.9]",
+        "hinge",
+        '{"a":1}',
+    ]

@@ -158,15 +158,16 @@ def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
 def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
     args = ["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST]
     run([*args, "--max_epochs=1"])
-    ckpt = in_tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    before = ckpt.read_bytes()
+    run_dir = in_tmp / "lightning_logs" / "version_0"
+    ckpt, config = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
+    before = ckpt.read_bytes(), config.read_bytes()
     assert main([*args, "--max_epochs=2", "--ckpt_path=last", "--model.aux_weight=null"]) == 1
     text = (
         "error: the checkpoint was trained with model.aux_weight 0.5 and this run has null: "
-        "resume with the run's own value (its config.yaml has it)."
+        "resume with the run's own value (--model.aux_weight=0.5)."
     )
     assert text in capsys.readouterr().err
-    assert ckpt.read_bytes() == before
+    assert (ckpt.read_bytes(), config.read_bytes()) == before  # refused before the run's config was rewritten
 
 
 def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
@@ -183,7 +184,7 @@ def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
         "resuming with settings that differ from the checkpoint's: "
         "model.g_optimizer.init_args.lr: 0.001 in the checkpoint, 0.0005 now; "
         "data.batch_size: 20 in the checkpoint, 25 now. "
-        "To train on as the run was set up, pass its own config (--config <run folder>/config.yaml)."
+        "To train on with the checkpoint's, stop and add: --model.g_optimizer.init_args.lr=0.001 --data.batch_size=20"
     ]
 
 
