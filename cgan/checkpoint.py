@@ -104,15 +104,18 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
         )
 
 
+ABSENT = object()  # a setting the checkpoint does not have: written before the setting existed
+
+
 def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[tuple[str, Any, Any]]:
     """``(name, the checkpoint's value, this run's value)`` for each setting a resumed run changes.
 
     ``model`` and ``data`` are the new run's hyperparameters (the module's and the data
-    module's ``hparams``). Names are as on the command line (``model.g_optimizer.init_args.lr``):
-    where both sides hold a mapping it is compared key by key, otherwise as a whole (a
-    scheduler switched on: null in the checkpoint, its ``class_path``/``init_args`` now). A
-    setting the checkpoint lacks (written before the setting existed) counts as null there;
-    below the top level, such keys (an optimizer argument a newer torch added) are left out. Of
+    module's ``hparams``). Names are as in the config (``model.g_optimizer.init_args.lr``).
+    Two mappings of the same class (or none) are compared key by key, anything else as a whole
+    (a scheduler switched on: null in the checkpoint, its ``class_path``/``init_args`` now).
+    A top-level setting the checkpoint lacks is reported, with ``ABSENT`` as its old value,
+    unless it is null now; below the top level, such keys (an optimizer argument a newer torch added) are left out. Of
     the data settings only ``batch_size`` and ``dataset`` are compared: the others say where
     and how the files are read and give the same batches (the shuffling seed is ``model.seed``'s
     twin).
@@ -129,10 +132,10 @@ def _diff(theirs: dict, ours: dict, prefix: str, top: bool = False) -> list[tupl
     for key in sorted(ours):  # what the new run lacks it does not train with: nothing to say
         if key not in theirs and not top:
             continue
-        name, old, new = f"{prefix}.{key}", theirs.get(key), ours[key]
-        if isinstance(old, dict) and isinstance(new, dict):
+        name, old, new = f"{prefix}.{key}", theirs.get(key, ABSENT), ours[key]
+        if isinstance(old, dict) and isinstance(new, dict) and old.get("class_path") == new.get("class_path"):
             out += _diff(old, new, name)
-        elif old != new:
+        elif old != new and not (old is ABSENT and new is None):  # one not there, one off: alike
             out.append((name, old, new))
     return out
 
@@ -150,8 +153,8 @@ def _plain(value: Any) -> Any:
 
 
 def show(value: Any) -> str:
-    """A setting as it is written on the command line and in YAML: ``null``, ``true``, ``0.5``,
-    ``[0.0,0.9]``, ``{"class_path":...}``."""
+    """A setting's value as YAML writes it on one line: ``null``, ``true``, ``0.5``,
+    ``[0.0,0.9]``, ``{"class_path":...}`` (lists and mappings as JSON, which YAML reads)."""
     if value is None or isinstance(value, (bool, list, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -174,14 +175,27 @@ def _check_resume(cli: CganCLI) -> None:
     ckpt = checkpoint.load(cli.config.ckpt_path)
     cli.model.check_resumable(ckpt)
     changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams)
-    if changed:  # allowed (a lower learning rate, say), but said: the config may not be the run's
-        show = checkpoint.show
-        rank_zero_warn(
-            "resuming with settings that differ from the checkpoint's: "
-            + "; ".join(f"{name}: {show(old)} in the checkpoint, {show(new)} now" for name, old, new in changed)
-            + ". To train on with the checkpoint's, stop and add: "
-            + " ".join(f"--{name}={show(old)}" for name, old, _ in changed)
-        )
+    if changed:  # allowed (a lower learning rate, say), but said: the config given may not be the run's
+        rank_zero_warn(resume_warning(changed))
+
+
+def resume_warning(changed: list[tuple[str, object, object]]) -> str:
+    """The warning for ``checkpoint.changed_settings``: each change, then the flags (quoted for a
+    shell) that give back the checkpoint's values, where it has them."""
+    show, absent = checkpoint.show, checkpoint.ABSENT
+    flag = {"model.seed": "seed_everything"}  # the seed is given once, linked to model.seed
+    said = [
+        f"{flag.get(name, name)}: "
+        + ("not in the checkpoint" if old is absent else f"{show(old)} in the checkpoint")
+        + f", {show(new)} now"
+        for name, old, new in changed
+    ]
+    restore = [shlex.quote(f"--{flag.get(name, name)}={show(old)}") for name, old, _ in changed if old is not absent]
+    return (
+        "resuming with settings that differ from the checkpoint's: "
+        + "; ".join(said)
+        + (". To train on with the checkpoint's, stop and add: " + " ".join(restore) if restore else ".")
+    )
 
 
 def main(args: list[str] | None = None) -> int:

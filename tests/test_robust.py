@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgan.checkpoint import changed_settings, show
-from cgan.cli import main, run
+from cgan.checkpoint import ABSENT, changed_settings, show
+from cgan.cli import main, resume_warning, run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
@@ -148,8 +148,15 @@ def test_a_checkpoint_of_another_architecture_is_refused_untouched(tiny_mnist, i
 def test_changed_settings_are_named_as_on_the_command_line():
     adam = {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "betas": [0.0, 0.9], "amsgrad": False}}
     step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 3}}
+    cosine = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 5}}
     saved = {
-        "hyper_parameters": {"_instantiator": "x", "g_optimizer": adam, "g_scheduler": None, "ema_warmup": True},
+        "hyper_parameters": {
+            "_instantiator": "x",
+            "g_optimizer": adam,
+            "g_scheduler": None,
+            "d_scheduler": step,
+            "ema_warmup": True,
+        },
         "datamodule_hyper_parameters": {"batch_size": 20, "dataset": "MNIST", "data_dir": "a", "num_workers": 0},
     }
     # a newer torch: one optimizer argument more, which the checkpoint lacks
@@ -158,17 +165,19 @@ def test_changed_settings_are_named_as_on_the_command_line():
         "_instantiator": "y",
         "g_optimizer": {**adam, "init_args": newer_torch},
         "g_scheduler": step,  # switched on
+        "d_scheduler": cosine,  # another class: compared as a whole
         "ema_warmup": False,
         "mode_seeking": 0.05,  # a setting the checkpoint's version did not have
         "mismatch": None,  # and one it did not have, left off
     }
     data = {"batch_size": 20, "dataset": "KMNIST", "data_dir": "b", "num_workers": 2}
     assert changed_settings(saved, model, data) == [
+        ("model.d_scheduler", step, cosine),
         ("model.ema_warmup", True, False),
         ("model.g_optimizer.init_args.amsgrad", False, True),
         ("model.g_optimizer.init_args.betas", [0.0, 0.9], [0.5, 0.9]),
         ("model.g_scheduler", None, step),
-        ("model.mode_seeking", None, 0.05),
+        ("model.mode_seeking", ABSENT, 0.05),
         ("data.dataset", "MNIST", "KMNIST"),
     ]
     assert changed_settings(saved, saved["hyper_parameters"], saved["datamodule_hyper_parameters"]) == []
@@ -181,3 +190,19 @@ def test_changed_settings_are_named_as_on_the_command_line():
         "hinge",
         '{"a":1}',
     ]
+
+
+def test_the_resume_warning_gives_flags_a_shell_takes_back():
+    changed = [
+        ("model.g_scheduler", {"class_path": "S"}, None),
+        ("model.mode_seeking", ABSENT, 0.1),
+        ("model.seed", 0, 3),
+    ]
+    assert resume_warning(changed) == (
+        "resuming with settings that differ from the checkpoint's: "
+        'model.g_scheduler: {"class_path":"S"} in the checkpoint, null now; '
+        "model.mode_seeking: not in the checkpoint, 0.1 now; seed_everything: 0 in the checkpoint, 3 now. "
+        "To train on with the checkpoint's, stop and add: "
+        """'--model.g_scheduler={"class_path":"S"}' --seed_everything=0"""
+    )
+    assert resume_warning([("model.mode_seeking", ABSENT, 0.1)]).endswith("0.1 now.")  # nothing to give back

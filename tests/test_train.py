@@ -177,14 +177,15 @@ def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
         warnings.simplefilter("always")
         run([f"--data.data_dir={elsewhere}", *FAST, "--max_epochs=1", "--ckpt_path=last"])
     assert not [w for w in caught if "differ from the checkpoint's" in str(w.message)]
-    changed = ["--data.batch_size=25", "--model.g_optimizer.init_args.lr=0.0005"]
+    changed = ["--data.batch_size=25", "--model.g_optimizer.init_args.lr=0.0005", "--seed_everything=3"]
     with pytest.warns(UserWarning, match="differ from the checkpoint's") as caught:
         run([f"--data.data_dir={tiny_mnist}", *FAST, *changed, "--max_epochs=1", "--ckpt_path=last"])
     assert [str(w.message) for w in caught if "differ" in str(w.message)] == [
         "resuming with settings that differ from the checkpoint's: "
         "model.g_optimizer.init_args.lr: 0.001 in the checkpoint, 0.0005 now; "
-        "data.batch_size: 20 in the checkpoint, 25 now. "
-        "To train on with the checkpoint's, stop and add: --model.g_optimizer.init_args.lr=0.001 --data.batch_size=20"
+        "seed_everything: 0 in the checkpoint, 3 now; "
+        "data.batch_size: 20 in the checkpoint, 25 now. To train on with the checkpoint's, stop and add: "
+        "--model.g_optimizer.init_args.lr=0.001 --seed_everything=0 --data.batch_size=20"
     ]
 
 
