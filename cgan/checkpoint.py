@@ -111,45 +111,35 @@ def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[tu
     """``(name, the checkpoint's value, this run's value)`` for each setting a resumed run changes.
 
     ``model`` and ``data`` are the new run's hyperparameters (the module's and the data
-    module's ``hparams``). Names are as in the config (``model.g_optimizer.init_args.lr``).
-    Two mappings of the same class (or none) are compared key by key, anything else as a whole
-    (a scheduler switched on: null in the checkpoint, its ``class_path``/``init_args`` now).
-    A top-level setting the checkpoint lacks is reported, with ``ABSENT`` as its old value,
-    unless it is null now; below the top level, such keys (an optimizer argument a newer torch added) are left out. Of
-    the data settings only ``batch_size`` and ``dataset`` are compared: the others say where
-    and how the files are read and give the same batches (the shuffling seed is ``model.seed``'s
-    twin).
+    module's ``hparams``: LightningCLI loads both sides from the config's YAML, so they hold
+    dicts, lists and scalars; its ``_instantiator`` entry is not a setting). Names are as in
+    the config (``model.g_optimizer.init_args.lr``). Two mappings of the same class (or none)
+    are compared key by key, anything else as a whole (a scheduler switched on: null in the
+    checkpoint, its ``class_path``/``init_args`` now). A top-level setting the checkpoint lacks
+    is reported, with ``ABSENT`` as its old value, unless it is null now; below the top level,
+    such keys (an optimizer argument a newer torch added) are left out. Of the data settings
+    only ``batch_size`` and ``dataset`` are compared: the others say where and how the files
+    are read and give the same batches (the shuffling seed is ``model.seed``'s twin).
     """
     data = {k: v for k, v in data.items() if k in ("batch_size", "dataset")}
+    model = {k: v for k, v in model.items() if not k.startswith("_")}
     changed = []
     for section, own, key in (("model", model, "hyper_parameters"), ("data", data, "datamodule_hyper_parameters")):
-        changed += _diff(_plain(checkpoint.get(key) or {}), _plain(own), section, top=True)
+        changed += _diff(checkpoint.get(key) or {}, own, section, top=True)
     return changed
 
 
-def _diff(theirs: dict, ours: dict, prefix: str, top: bool = False) -> list[tuple[str, Any, Any]]:
+def _diff(theirs: Mapping, ours: Mapping, prefix: str, top: bool = False) -> list[tuple[str, Any, Any]]:
     out = []
     for key in sorted(ours):  # what the new run lacks it does not train with: nothing to say
         if key not in theirs and not top:
             continue
         name, old, new = f"{prefix}.{key}", theirs.get(key, ABSENT), ours[key]
-        if isinstance(old, dict) and isinstance(new, dict) and old.get("class_path") == new.get("class_path"):
+        if isinstance(old, Mapping) and isinstance(new, Mapping) and old.get("class_path") == new.get("class_path"):
             out += _diff(old, new, name)
         elif old != new and not (old is ABSENT and new is None):  # one not there, one off: alike
             out.append((name, old, new))
     return out
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with jsonargparse Namespaces as dicts and tuples as lists, all the way down;
-    keys starting with ``_`` (LightningCLI's bookkeeping, e.g. ``_instantiator``) dropped."""
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def show(value: Any) -> str:

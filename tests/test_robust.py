@@ -160,7 +160,7 @@ def test_changed_settings_are_named_as_on_the_command_line():
         "datamodule_hyper_parameters": {"batch_size": 20, "dataset": "MNIST", "data_dir": "a", "num_workers": 0},
     }
     # a newer torch: one optimizer argument more, which the checkpoint lacks
-    newer_torch = {**adam["init_args"], "betas": (0.5, 0.9), "amsgrad": True, "decoupled_weight_decay": False}
+    newer_torch = {**adam["init_args"], "betas": [0.5, 0.9], "amsgrad": True, "decoupled_weight_decay": False}
     model = {
         "_instantiator": "y",
         "g_optimizer": {**adam, "init_args": newer_torch},
