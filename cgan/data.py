@@ -114,10 +114,20 @@ def _extract(raw: Path, dataset: str) -> None:
 
 
 def _fetch(raw: Path, dataset: str) -> None:
-    """Download and extract all four files with torchvision into a temporary folder beside them,
-    then move each into ``raw`` (files already there are replaced by the fresh copies)."""
+    """Download and extract the four files with torchvision into a temporary folder beside them,
+    then move each into ``raw`` (files already there are replaced by the fresh copies). A .gz
+    in ``raw`` that passes its checksum is linked into that folder first, so only the missing
+    or corrupt ones are downloaded."""
     raw.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
+        staged = Path(tmp) / dataset / "raw"
+        staged.mkdir(parents=True)
+        for name, md5 in _dataset_class(dataset).resources:
+            if (raw / name).is_file() and check_integrity(str(raw / name), md5):
+                try:
+                    os.link(raw / name, staged / name)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(raw / name, staged / name)
         _dataset_class(dataset)(tmp, train=False, download=True)
         fetched = sorted((Path(tmp) / dataset / "raw").iterdir(), key=lambda f: f.suffix != ".gz")
         for f in fetched:  # the .gz files first: the extracted ones are what marks the data as there

@@ -62,7 +62,9 @@ class PrecisionRecall(Metric):
 
     ``update(features (B, F), real)``; ``compute() -> (precision, recall)``, scalars in [0, 1].
     The features are cat states, so under DDP every rank's points count. Real features are
-    kept across ``reset`` (as FID's ``reset_real_features=False``): set them once.
+    kept across ``reset`` (as FID's ``reset_real_features=False``): set them once. So are their
+    radii, computed at the first ``compute`` after real features were added, so each later
+    evaluation pays only for the generated points.
 
     Args:
         k: the neighbour that sets each ball's radius (the paper's default, 3).
@@ -79,15 +81,20 @@ class PrecisionRecall(Metric):
         self.k, self.chunk = k, chunk
         self.add_state("real_features", [], dist_reduce_fx="cat")
         self.add_state("fake_features", [], dist_reduce_fx="cat")
+        self._real_radii: Tensor | None = None  # of the real features as last computed
 
     def update(self, features: Tensor, real: bool) -> None:
+        if real:
+            self._real_radii = None
         (self.real_features if real else self.fake_features).append(features.detach().float())
 
     def compute(self) -> tuple[Tensor, Tensor]:
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
         if min(len(real), len(fake)) <= self.k:
             raise ValueError(f"precision and recall need more than k={self.k} real and generated points")
-        real_radii, fake_radii = self._radii(real), self._radii(fake)
+        if self._real_radii is None:
+            self._real_radii = self._radii(real)
+        real_radii, fake_radii = self._real_radii.to(real.device), self._radii(fake)
         # one pass over the generated-to-real distances serves both
         inside_real, covered = [], torch.zeros(len(real), dtype=torch.bool, device=real.device)
         for rows, radii in zip(fake.split(self.chunk), fake_radii.split(self.chunk)):

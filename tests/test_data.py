@@ -156,7 +156,9 @@ def test_an_extraction_cut_short_leaves_no_half_written_file(gz_mnist, offline, 
 
 @pytest.fixture
 def mirror(gz_mnist, monkeypatch):
-    """A local web server holding the fixture's .gz files, as torchvision's MNIST mirror."""
+    """A local web server holding the fixture's .gz files, as torchvision's MNIST mirror.
+    ``QuietHandler.served`` lists the files asked for."""
+    QuietHandler.served = []
     handler = partial(QuietHandler, directory=str(gz_mnist / "MNIST" / "raw"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -167,6 +169,12 @@ def mirror(gz_mnist, monkeypatch):
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    served: list[str] = []
+
+    def do_GET(self) -> None:
+        QuietHandler.served.append(self.path.lstrip("/"))
+        super().do_GET()
+
     def log_message(self, *args) -> None:
         pass
 
@@ -183,6 +191,26 @@ def test_missing_or_corrupt_files_are_downloaded_whole(mirror, tmp_path):
     assert images.shape == (200, 28, 28) and labels.shape == (200,)
 
 
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
+def test_only_the_files_missing_or_corrupt_are_downloaded(mirror, tmp_path, monkeypatch, hard_links):
+    if not hard_links:
+
+        def no_link(src, dst, *args, **kwargs):
+            raise OSError(1, "Operation not permitted", str(dst))
+
+        monkeypatch.setattr(cgan.data.os, "link", no_link)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gz = sorted(name for name, _ in datasets.MNIST.resources)
+    for name in gz[1:]:
+        shutil.copy(mirror / "MNIST" / "raw" / name, raw / name)
+    (raw / gz[1]).write_bytes(b"cut short")
+    download(str(tmp_path))
+    assert sorted(set(QuietHandler.served)) == gz[:2]  # (torchvision asks for each file twice)
+    assert sorted(f.name for f in raw.iterdir()) == sorted(gz + [Path(name).stem for name in gz])  # no leftovers
+    assert all((raw / name).read_bytes() == (mirror / "MNIST" / "raw" / name).read_bytes() for name in gz)
+
+
 def test_a_download_that_breaks_off_leaves_nothing_behind(mirror, tmp_path, monkeypatch):
     def broken(url, path, *args, **kwargs):  # half a file, then the connection drops
         Path(path).write_bytes(b"\x1f\x8b" + b"0" * 100)
@@ -192,6 +220,11 @@ def test_a_download_that_breaks_off_leaves_nothing_behind(mirror, tmp_path, monk
     with pytest.raises(DataError, match="could not be downloaded \\(the connection dropped\\)"):
         download(str(tmp_path))
     assert list((tmp_path / "MNIST" / "raw").iterdir()) == []
+    cut = tmp_path / "MNIST" / "raw" / datasets.MNIST.resources[0][0]  # the first one torchvision fetches
+    cut.write_bytes(b"cut short")  # an earlier download's: the next failed one leaves it as it was
+    with pytest.raises(DataError, match="could not be downloaded \\(the connection dropped\\)"):
+        download(str(tmp_path))
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == [cut] and cut.read_bytes() == b"cut short"
 
 
 def test_missing_data_offline_names_the_folder_and_the_files(tmp_path, offline):

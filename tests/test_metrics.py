@@ -135,6 +135,31 @@ def test_a_collapsed_set_has_low_recall_and_a_scattered_one_low_precision():
     assert fair_precision > 0.6 and fair_recall > 0.6
 
 
+def test_the_real_radii_are_computed_once_and_again_only_after_new_real_points(monkeypatch):
+    real, more = torch.randn(600, 8), torch.randn(300, 8) * 2
+    fakes = [torch.randn(400, 8) * s for s in (0.8, 1.2, 1.6)]
+    metric = PrecisionRecall()
+    sizes = []  # the sets whose radii were computed
+    radii = PrecisionRecall._radii
+    monkeypatch.setattr(metric, "_radii", lambda points: sizes.append(len(points)) or radii(metric, points))
+    metric.update(real, real=True)
+    scores = []
+    for fake in fakes[:2]:
+        metric.update(fake, real=False)
+        scores.append([v.item() for v in metric.compute()])
+        metric.reset()
+    assert sizes == [600, 400, 400]  # the real points' once, each generated set's
+    metric.update(more, real=True)  # the real set changed: its radii are computed again
+    metric.update(fakes[2], real=False)
+    scores.append([v.item() for v in metric.compute()])
+    assert sizes[3:] == [900, 400]
+    for i, (reals, fake) in enumerate([(real, fakes[0]), (real, fakes[1]), (torch.cat([real, more]), fakes[2])]):
+        fresh = PrecisionRecall()
+        fresh.update(reals, real=True)
+        fresh.update(fake, real=False)
+        assert scores[i] == [v.item() for v in fresh.compute()]
+
+
 def test_precision_recall_across_two_ranks_equals_one_process_with_all_points():
     real, fake = torch.randn(400, 8), torch.randn(300, 8) * 1.3
     whole = PrecisionRecall()
