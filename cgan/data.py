@@ -129,7 +129,7 @@ def _fetch(raw: Path, dataset: str) -> None:
                 except OSError:  # a file system without hard links
                     shutil.copyfile(raw / name, staged / name)
         _dataset_class(dataset)(tmp, train=False, download=True)
-        fetched = sorted((Path(tmp) / dataset / "raw").iterdir(), key=lambda f: f.suffix != ".gz")
+        fetched = sorted(staged.iterdir(), key=lambda f: f.suffix != ".gz")
         for f in fetched:  # the .gz files first: the extracted ones are what marks the data as there
             os.replace(f, raw / f.name)
 
