@@ -18,8 +18,11 @@ from cgan.models import training_mode
 class BatchMeans(Metric):
     """Per-epoch means of a few scalars, one ``update`` per batch with all of them at once.
 
-    ``update(values (K,))``; ``compute() -> (K,)`` averaged over batches and, under DDP, ranks.
-    One state vector instead of K ``MeanMetric``s keeps the training step's overhead small.
+    ``update(values (K,), counts (K,) | None)``; ``compute() -> (K,)`` averaged over batches
+    and, under DDP, ranks. One state vector instead of K ``MeanMetric``s keeps the training
+    step's overhead small. Each scalar keeps its own count, so one that a batch has no value for
+    (count 0) or whose running sum had to start over (a resume from a checkpoint that did not
+    log it) is averaged over the batches it has values from.
     """
 
     full_state_update = False
@@ -28,11 +31,12 @@ class BatchMeans(Metric):
         super().__init__()
         self.names = tuple(names)
         self.add_state("total", torch.zeros(len(self.names)), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(len(self.names)), dist_reduce_fx="sum")
 
-    def update(self, values: Tensor) -> None:
-        self.total += values
-        self.count += 1
+    def update(self, values: Tensor, counts: Tensor | None = None) -> None:
+        """Add a batch's ``values``; where ``counts`` is 0, that scalar skips this batch (default: all count)."""
+        self.total += values if counts is None else values * counts
+        self.count += 1 if counts is None else counts
 
     def compute(self) -> Tensor:
         return self.total / self.count.clamp(min=1)

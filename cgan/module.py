@@ -25,6 +25,7 @@ from cgan.models import recompute_batch_norm, training_mode
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
 AUX_STATS = ("d_class", "g_class")  # logged too with aux_weight
 TWIN_STATS = ("d_twin",)  # and with a twin head
+MS_STATS = ("mode_seeking",)  # with mode_seeking
 
 
 def reseed_global_rng(*key: int) -> None:
@@ -55,6 +56,20 @@ def run_fraction(trainer: pl.Trainer, batch_idx: int) -> float:
     return min(max(done), 1.0)
 
 
+def saved_train_stats(checkpoint: dict) -> tuple[tuple[str, ...], Tensor, Tensor] | None:
+    """The running loss sums a checkpoint carries: ``(names, total (world, K), count (world, K))``,
+    one row per process, or None. Checkpoints written before the names were saved hold one
+    ``(world, K + 1)`` tensor with a shared count; their names follow from K (the class heads'
+    columns came after the four GAN ones, the twin's last)."""
+    saved = checkpoint.get("train_stats")
+    if saved is None:
+        return None
+    if isinstance(saved, Tensor):
+        k = saved.size(1) - 1
+        return (STATS + AUX_STATS + TWIN_STATS)[:k], saved[:, :k], saved[:, k:].expand(-1, k)
+    return tuple(saved["names"]), saved["total"], saved["count"]
+
+
 class CGAN(pl.LightningModule):
     """A conditional GAN: G draws the digit it is asked for, D judges (image, label) pairs.
 
@@ -68,8 +83,9 @@ class CGAN(pl.LightningModule):
     ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
     head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``,
-    its cross-entropy on G's digits. ``d_loss`` and ``g_loss`` are the GAN losses alone, without
-    the R1 penalty, the class heads' terms or the mode-seeking term.
+    its cross-entropy on G's digits; with ``mode_seeking``, ``train/mode_seeking``, the term
+    unweighted (``mode_seeking_term``: lower is more varied). ``d_loss`` and ``g_loss`` are the
+    GAN losses alone, without the R1 penalty, the class heads' terms or the mode-seeking term.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -182,7 +198,10 @@ class CGAN(pl.LightningModule):
         self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
         self.twin = aux_weight is not None and getattr(discriminator, "twin", None) is not None
         self.train_stats = BatchMeans(
-            STATS + (AUX_STATS if aux_weight is not None else ()) + (TWIN_STATS if self.twin else ())
+            STATS
+            + (AUX_STATS if aux_weight is not None else ())
+            + (TWIN_STATS if self.twin else ())
+            + (MS_STATS if mode_seeking is not None else ())
         )
 
         noise = torch.randn(10 * self.num_classes, self.noise_dim, generator=torch.Generator().manual_seed(sample_seed))
@@ -297,7 +316,8 @@ class CGAN(pl.LightningModule):
         if twin_g is not None:
             g_total = g_total - self.aux_weight * F.cross_entropy(twin_g, y)
         if self.mode_seeking is not None:
-            g_total = g_total + self.mode_seeking * self.mode_seeking_term(z, fake, y)
+            ms_term = self.mode_seeking_term(z, fake, y)
+            g_total = g_total + self.mode_seeking * ms_term
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_total)
         opt_g.step()
@@ -311,7 +331,11 @@ class CGAN(pl.LightningModule):
                 stats += [d_class, g_class]
             if twin is not None:
                 stats.append(d_twin)
-            self.train_stats.update(torch.stack(stats).float())
+            values, counts = torch.stack(stats).float(), None
+            if self.mode_seeking is not None:  # a batch with no two digits of a label has no term (0): skip it
+                values = torch.cat([values, ms_term.float()[None]])
+                counts = torch.cat([torch.ones_like(values[:-1]), (ms_term > 0).float()[None]])
+            self.train_stats.update(values, counts)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
 
@@ -399,17 +423,18 @@ class CGAN(pl.LightningModule):
                     f"weight {name} is non-finite at epoch {self.current_epoch}: refusing to write a checkpoint "
                     f"with broken weights (the previous one is kept). Lower the learning rate or change the config."
                 )
-        # The epoch's running sums (zero at an epoch's end), one row per rank: a run resumed
-        # mid-epoch logs the same per-epoch means as an uninterrupted one.
-        sums = torch.cat([self.train_stats.total, self.train_stats.count[None]])
-        checkpoint["train_stats"] = self.all_gather(sums).reshape(-1, len(sums)).cpu()
+        # The epoch's running sums and counts (zero at an epoch's end), one row per rank, by name:
+        # a run resumed mid-epoch logs the same per-epoch means as an uninterrupted one.
+        sums = self.all_gather(torch.stack([self.train_stats.total, self.train_stats.count]))
+        sums = sums.reshape(-1, 2, len(self.train_stats.names)).cpu()
+        checkpoint["train_stats"] = {"names": list(self.train_stats.names), "total": sums[:, 0], "count": sums[:, 1]}
 
     def check_resumable(self, checkpoint: dict) -> None:
         """Raise ``CheckpointError`` unless this module can train on from ``checkpoint``: its weights
-        fit (``check_compatible``) and it logs the same losses (the class heads' only with ``aux_weight``)."""
+        fit (``check_compatible``) and its class head is trained as there (with ``aux_weight`` or not)."""
         check_compatible(self, checkpoint)
-        sums = checkpoint.get("train_stats")
-        if sums is not None and sums.size(1) != len(self.train_stats.names) + 1:
+        saved = saved_train_stats(checkpoint)
+        if saved is not None and ("d_class" in saved[0]) != ("d_class" in self.train_stats.names):
             theirs = checkpoint.get("hyper_parameters", {}).get("aux_weight")
             raise CheckpointError(
                 f"the checkpoint was trained with model.aux_weight {show(theirs)} and this run has "
@@ -419,12 +444,16 @@ class CGAN(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_resumable(checkpoint)
         self._ema_stats_stale = True
-        sums = checkpoint.get("train_stats")
-        if sums is None:
+        saved = saved_train_stats(checkpoint)
+        if saved is None:
             return
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if len(sums) != world:  # resumed on another number of processes: rank 0 carries the whole sums
-            sums = torch.cat([sums.sum(0, keepdim=True), sums.new_zeros(world - 1, sums.size(1))])
-        own = sums[self.global_rank]
-        self.train_stats.total.copy_(own[:-1])
-        self.train_stats.count.copy_(own[-1])
+        names, total, count = saved
+        world, rank = (self.trainer.world_size if self._trainer is not None else 1), self.global_rank
+        if len(total) != world:  # resumed on another number of processes: rank 0 carries the whole sums
+            total, count = (t.sum(0) if rank == 0 else torch.zeros_like(t[0]) for t in (total, count))
+        else:
+            total, count = total[rank], count[rank]
+        for i, name in enumerate(self.train_stats.names):  # one the checkpoint did not log starts at count 0
+            known = name in names
+            self.train_stats.total[i] = total[names.index(name)] if known else 0.0
+            self.train_stats.count[i] = count[names.index(name)] if known else 0.0

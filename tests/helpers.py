@@ -188,6 +188,21 @@ class ShiftedGenerator(MarkedGenerator):
         return super().forward(z, y) + self.shift
 
 
+class NoiseImageGenerator(torch.nn.Module):
+    """A stand-in G that draws its noise: each of the 784 pixels is ``scale * z_i``, each noise value
+    filling ``784 / noise_dim`` pixels (``noise_dim`` must divide 784), so any two images differ
+    ``scale`` times as much as their noise (mean absolute differences). ``scale`` is a trained
+    parameter, starting at 1."""
+
+    def __init__(self, noise_dim: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.noise_dim, self.num_classes = noise_dim, num_classes
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, z, y):
+        return (self.scale * z).repeat(1, 784 // self.noise_dim).view(-1, 1, 28, 28)
+
+
 class TwinNamingDiscriminator(NamingDiscriminator):
     """``NamingDiscriminator`` with a twin head whose logit for the label asked for is 10 x the
     image's mean pixel, the others 0: for G's images, ``log(e^5 + 9) - 5`` (the cross-entropy),

@@ -95,6 +95,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "ema_decay",
         "lr_decay",
         "r1_gamma",
+        "r1_every",
         "mismatch",
         "aux_weight",
         "twin",
@@ -114,6 +115,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "ema_decay": 0,
         "lr_decay": 0,
         "r1_gamma": 0,
+        "r1_every": 0,
         "mismatch": 0,
         "aux_weight": 0,
         "twin": False,
@@ -129,7 +131,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
     assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"], dcgan["twin"]) == (10.0, 0, 0.5, True)
-    assert dcgan["mode_seeking"] == 0.1
+    assert (dcgan["r1_every"], dcgan["mode_seeking"]) == (8, 0.1)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}

@@ -12,8 +12,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Timer
 
-from cgan.errors import ConfigError, DivergenceError
+from cgan.errors import CheckpointError, ConfigError, DivergenceError
 from cgan.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
+from cgan.metrics import BatchMeans
 from cgan.models import ConvDiscriminator, ConvGenerator, Discriminator, Generator
 from cgan.module import CGAN, STATS, run_fraction
 
@@ -217,6 +218,39 @@ def test_a_twin_heads_loss_is_logged_with_aux_weight_only():
     module = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
     assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class", "d_twin")
     assert CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam).train_stats.names == STATS
+    seeking = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5, mode_seeking=0.1)
+    assert seeking.train_stats.names == module.train_stats.names + ("mode_seeking",)  # last, after the heads'
+
+
+def test_batch_means_leave_a_scalar_out_of_the_batches_it_has_no_value_from():
+    means = BatchMeans(("a", "b"))
+    means.update(torch.tensor([1.0, 4.0]))
+    means.update(torch.tensor([3.0, 0.0]), counts=torch.tensor([1.0, 0.0]))
+    assert means.compute().tolist() == [2.0, 4.0]
+    assert means.count.tolist() == [2.0, 1.0]
+
+
+def test_a_checkpoint_from_before_the_stats_had_names_resumes_its_sums_by_position():
+    twin = ConvDiscriminator(classifier=True, twin=True)
+    module = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5, mode_seeking=0.1)
+    # the older layout: one row per process, the seven losses' sums then one count shared by all
+    old = {"state_dict": module.state_dict(), "train_stats": torch.tensor([[1.0, 2, 3, 4, 5, 6, 7, 3]])}
+    module.on_load_checkpoint(old)
+    assert module.train_stats.total.tolist() == [1, 2, 3, 4, 5, 6, 7, 0]
+    assert module.train_stats.count.tolist() == [3] * 7 + [0]  # it did not log the mode-seeking term
+    module.train_stats.update(torch.full((8,), 9.0))
+    means = module.train_stats.compute().tolist()
+    assert means[:7] == pytest.approx([(v + 9) / 4 for v in range(1, 8)]) and means[7] == 9  # its own batch only
+    headless = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam)
+    with pytest.raises(CheckpointError, match=r"^the checkpoint was trained with model.aux_weight null and this run"):
+        module.on_load_checkpoint({"state_dict": module.state_dict(), "train_stats": torch.zeros(1, 5)})
+    headless.on_load_checkpoint({"state_dict": headless.state_dict(), "train_stats": torch.tensor([[1.0, 2, 3, 4, 2]])})
+    assert headless.train_stats.compute().tolist() == [0.5, 1, 1.5, 2]
+    # saved by two processes, resumed in one: it carries both rows' sums
+    two = {"names": list(STATS), "total": torch.tensor([[1.0, 2, 3, 4], [3, 2, 1, 0]]), "count": torch.ones(2, 4)}
+    fresh = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam)
+    fresh.on_load_checkpoint({"state_dict": fresh.state_dict(), "train_stats": two})
+    assert fresh.train_stats.compute().tolist() == [2, 2, 2, 2]
 
 
 def test_a_non_finite_class_loss_stops_training_by_its_name():

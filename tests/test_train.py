@@ -155,6 +155,26 @@ def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
     assert terms[1.0] < terms["null"]  # G's step went down the term: unlike digits from unlike noise
 
 
+@pytest.mark.parametrize("batch", [20, 199], ids=["two batches", "the second one digit"])
+def test_the_mode_seeking_term_is_logged_unweighted_from_gs_digits_before_its_update(tiny_mnist, in_tmp, batch):
+    nets = ["--model.generator=helpers.NoiseImageGenerator", "--model.generator.init_args.noise_dim=4"]
+    nets.append("--model.discriminator=helpers.MarkedDiscriminator")
+    # two batches; D's score has no slope in the pixels, so G's SGD step follows the term alone
+    trainer = train(
+        tiny_mnist, "--trainer.max_steps=4", *nets, *SGD, "--model.mode_seeking=0.5", f"--data.batch_size={batch}"
+    )
+    # images differ `scale` times as much as their noise: the term is 1 / (scale + 1e-5) on a batch
+    scale = 1 + 0.1 * 0.5 / (1 + 1e-5) ** 2  # after the first batch: SGD down 0.5 x the term's slope
+    if batch == 20:
+        assert trainer.lightning_module.generator.scale.item() == pytest.approx(scale + 0.05 / (scale + 1e-5) ** 2)
+        expected = (1 / (1 + 1e-5) + 1 / (scale + 1e-5)) / 2  # the epoch's mean over its two batches
+    else:  # one digit has no other of its label: no term, no step, and the batch is left out of the mean
+        assert trainer.lightning_module.generator.scale.item() == pytest.approx(scale)
+        expected = 1 / (1 + 1e-5)
+    assert trainer.callback_metrics["train/mode_seeking"].item() == pytest.approx(expected)
+    assert "train/mode_seeking" not in train(tiny_mnist, "--trainer.max_steps=2", *nets).callback_metrics
+
+
 def test_resuming_with_the_class_head_switched_off_is_refused_and_keeps_the_checkpoint(tiny_mnist, in_tmp, capsys):
     args = ["--config", DCGAN, f"--data.data_dir={tiny_mnist}", *FAST]
     run([*args, "--max_epochs=1"])
