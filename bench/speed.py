@@ -180,13 +180,13 @@ def flop_floor(device: torch.device, epochs_batches: int = 600) -> tuple[float, 
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     seconds = []  # the best of several short timings: what the device can do, not what a busy moment allowed
-    for _ in range(10):
+    for _ in range(5):
         synchronize(device)
         start = time.perf_counter()
-        for _ in range(3):
+        for _ in range(2):
             a @ b
         synchronize(device)
-        seconds.append((time.perf_counter() - start) / 3)
+        seconds.append((time.perf_counter() - start) / 2)
     return step_flops * epochs_batches, 2 * n**3 / min(seconds), n
 
 

@@ -214,10 +214,11 @@ def trained_batches(cwd: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGKILL"])
 def test_a_signal_from_outside_at_full_speed_then_an_exact_resume(straight, long_data, tmp_path, monkeypatch, name):
-    """SIGTERM and SIGINT stop after the batch in flight; SIGKILL loses at most the time since
-    the last timed save (here every 30 ms). Each resume matches the straight run bit for bit."""
+    """SIGTERM stops after the batch in flight; SIGKILL loses at most the time since the last
+    timed save (here every 30 ms). Each resume matches the straight run bit for bit. (SIGINT goes
+    through the same handler; the cases above send it at chosen points of the loop.)"""
     signum = int(getattr(signal, name))
     args = args_for(long_data, "seed", f"--config={timed_config(tmp_path, 0.0005)}")
     proc = start(tmp_path, args)
