@@ -331,10 +331,12 @@ class CGAN(pl.LightningModule):
                 stats += [d_class, g_class]
             if twin is not None:
                 stats.append(d_twin)
+            if self.mode_seeking is not None:
+                stats.append(ms_term)
             values, counts = torch.stack(stats).float(), None
             if self.mode_seeking is not None:  # a batch with no two digits of a label has no term (0): skip it
-                values = torch.cat([values, ms_term.float()[None]])
-                counts = torch.cat([torch.ones_like(values[:-1]), (ms_term > 0).float()[None]])
+                counts = torch.ones_like(values)
+                counts[-1] = ms_term > 0
             self.train_stats.update(values, counts)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
@@ -453,7 +455,8 @@ class CGAN(pl.LightningModule):
             total, count = (t.sum(0) if rank == 0 else torch.zeros_like(t[0]) for t in (total, count))
         else:
             total, count = total[rank], count[rank]
-        for i, name in enumerate(self.train_stats.names):  # one the checkpoint did not log starts at count 0
-            known = name in names
-            self.train_stats.total[i] = total[names.index(name)] if known else 0.0
-            self.train_stats.count[i] = count[names.index(name)] if known else 0.0
+        self.train_stats.reset()  # zero sums and counts (and no stale compute()): what it did not log starts there
+        for i, name in enumerate(self.train_stats.names):
+            if name in names:
+                j = names.index(name)
+                self.train_stats.total[i], self.train_stats.count[i] = total[j], count[j]
