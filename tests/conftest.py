@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from torchvision import datasets
 
 from cgan.callbacks import DigitMetrics
@@ -22,6 +23,16 @@ RAW_NAMES = {
     ("t10k", "images"): "t10k-images-idx3-ubyte",
     ("t10k", "labels"): "t10k-labels-idx1-ubyte",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In each of pytest-xdist's worker processes (``make test`` runs two), torch and the
+    processes the tests start use one thread: two workers of several OpenMP threads each on a
+    small machine spin against each other and run several times slower. Sets the worker's
+    thread count and ``OMP_NUM_THREADS`` for the rest of its life."""
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:

@@ -50,8 +50,10 @@ def test_an_installed_package_trains_resumes_and_generates_from_an_empty_folder(
     cwd = tmp_path / "empty"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = sh(installed / "python", "-c", "import cgan; print(cgan.__file__)", cwd=cwd, env=env).stdout
+    code = "import cgan, torch; print(cgan.__file__, torch.get_num_threads())"
+    where, threads = sh(installed / "python", "-c", code, cwd=cwd, env=env).stdout.split()
     assert str(installed.parent) in where  # the wheel's copy, not the checkout
+    assert int(threads) == torch.get_num_threads()  # under pytest-xdist both are 1 (conftest.py)
 
     dcgan = sh(installed / "cgan-train", "--config", "dcgan", "--print_config", cwd=cwd, env=env).stdout
     assert "max_epochs: 12" in dcgan and "cgan.models.ConvGenerator" in dcgan
