@@ -24,8 +24,9 @@ from cgan.models import recompute_batch_norm, training_mode
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")
 AUX_STATS = ("d_class", "g_class")  # logged too with aux_weight
-TWIN_STATS = ("d_twin",)  # and with a twin head
+TWIN_STATS = ("d_twin", "g_twin")  # and with a twin head
 MS_STATS = ("mode_seeking",)  # with mode_seeking
+OLD_LAYOUT = (*STATS, *AUX_STATS, "d_twin")  # the columns of a checkpoint saved without their names
 
 
 def reseed_global_rng(*key: int) -> None:
@@ -66,7 +67,7 @@ def saved_train_stats(checkpoint: dict) -> tuple[tuple[str, ...], Tensor, Tensor
         return None
     if isinstance(saved, Tensor):
         k = saved.size(1) - 1
-        return (STATS + AUX_STATS + TWIN_STATS)[:k], saved[:, :k], saved[:, k:].expand(-1, k)
+        return OLD_LAYOUT[:k], saved[:, :k], saved[:, k:].expand(-1, k)
     return tuple(saved["names"]), saved["total"], saved["count"]
 
 
@@ -82,8 +83,9 @@ class CGAN(pl.LightningModule):
     Logged per epoch (x-axis: batches trained): ``train/d_loss``, ``train/g_loss``,
     ``train/d_real`` (mean D(x)) and ``train/d_fake`` (mean D(G(z))), D's outputs as
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
-    head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``,
-    its cross-entropy on G's digits; with ``mode_seeking``, ``train/mode_seeking``, the term
+    head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``
+    and ``train/g_twin``, its cross-entropy on G's digits in D's update and in G's (G's loss
+    subtracts it); with ``mode_seeking``, ``train/mode_seeking``, the term
     unweighted (``mode_seeking_term``: lower is more varied). ``d_loss`` and ``g_loss`` are the
     GAN losses alone, without the R1 penalty, the class heads' terms or the mode-seeking term.
 
@@ -314,7 +316,8 @@ class CGAN(pl.LightningModule):
             g_class = F.cross_entropy(classes, y)
             g_total = g_total + self.aux_weight * g_class
         if twin_g is not None:
-            g_total = g_total - self.aux_weight * F.cross_entropy(twin_g, y)
+            g_twin = F.cross_entropy(twin_g, y)
+            g_total = g_total - self.aux_weight * g_twin
         if self.mode_seeking is not None:
             ms_term = self.mode_seeking_term(z, fake, y)
             g_total = g_total + self.mode_seeking * ms_term
@@ -330,7 +333,7 @@ class CGAN(pl.LightningModule):
             if classes is not None:
                 stats += [d_class, g_class]
             if twin is not None:
-                stats.append(d_twin)
+                stats += [d_twin, g_twin]
             if self.mode_seeking is not None:
                 stats.append(ms_term)
             values, counts = torch.stack(stats).float(), None

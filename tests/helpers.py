@@ -205,18 +205,21 @@ class NoiseImageGenerator(torch.nn.Module):
 
 class TwinNamingDiscriminator(NamingDiscriminator):
     """``NamingDiscriminator`` with a twin head whose logit for the label asked for is 10 x the
-    image's mean pixel, the others 0: for G's images, ``log(e^5 + 9) - 5`` (the cross-entropy),
-    whose slope in a shift of all pixels is ``10 * (p - 1)``, ``p = e^5 / (e^5 + 9)``."""
+    image's mean pixel plus ``twin_bias`` (a trained parameter, starting at 0), the others 0: for
+    G's images before D's first update, ``log(e^5 + 9) - 5`` (the cross-entropy), whose slopes in
+    ``twin_bias`` and in a shift of all pixels are ``p - 1`` and ``10 * (p - 1)``, ``p = e^5 / (e^5 + 9)``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.twin = torch.nn.Identity()  # what CGAN looks for
+        self.twin_bias = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, y, classes=False):
         if not classes:
             return super().forward(x, y)
         logits, named = super().forward(x, y, classes=True)
-        return logits, named, 10 * x.mean(dim=(1, 2, 3))[:, None] * torch.nn.functional.one_hot(y, 10)
+        label_logit = 10 * x.mean(dim=(1, 2, 3)) + self.twin_bias
+        return logits, named, label_logit[:, None] * torch.nn.functional.one_hot(y, 10)
 
 
 class LRLog(pl.Callback):

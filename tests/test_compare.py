@@ -58,15 +58,19 @@ def post(url: str, body: dict) -> dict:
 
 def hparams_over_http(logdir: Path, runs: int) -> tuple[dict, dict]:
     """TensorBoard's answers to ``/experiment`` and ``/session_groups`` once ``runs`` runs are loaded."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
-    server = subprocess.Popen([*args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/data/plugin/hparams"
+    server = None
     try:
         deadline = time.monotonic() + 90
         while True:
+            if server is None or server.poll() is not None:  # not started, or its port was taken meanwhile
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                server = subprocess.Popen(
+                    [*args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                url = f"http://127.0.0.1:{port}/data/plugin/hparams"
             try:
                 groups = post(f"{url}/session_groups", {**SESSIONS, "startIndex": 0, "sliceSize": 100})
                 if len(groups.get("sessionGroups", [])) == runs:
@@ -76,8 +80,9 @@ def hparams_over_http(logdir: Path, runs: int) -> tuple[dict, dict]:
             assert time.monotonic() < deadline, "TensorBoard did not list the runs within 90 s"
             time.sleep(1)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_metrics(two_runs):

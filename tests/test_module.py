@@ -216,7 +216,7 @@ def test_aux_weight_without_a_class_head_is_refused_with_the_fix():
 def test_a_twin_heads_loss_is_logged_with_aux_weight_only():
     twin = ConvDiscriminator(classifier=True, twin=True)
     module = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5)
-    assert module.train_stats.names == ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class", "d_twin")
+    assert module.train_stats.names == (*STATS, "d_class", "g_class", "d_twin", "g_twin")
     assert CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam).train_stats.names == STATS
     seeking = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam, aux_weight=0.5, mode_seeking=0.1)
     assert seeking.train_stats.names == module.train_stats.names + ("mode_seeking",)  # last, after the heads'
@@ -236,11 +236,11 @@ def test_a_checkpoint_from_before_the_stats_had_names_resumes_its_sums_by_positi
     # the older layout: one row per process, the seven losses' sums then one count shared by all
     old = {"state_dict": module.state_dict(), "train_stats": torch.tensor([[1.0, 2, 3, 4, 5, 6, 7, 3]])}
     module.on_load_checkpoint(old)
-    assert module.train_stats.total.tolist() == [1, 2, 3, 4, 5, 6, 7, 0]
-    assert module.train_stats.count.tolist() == [3] * 7 + [0]  # it did not log the mode-seeking term
-    module.train_stats.update(torch.full((8,), 9.0))
+    assert module.train_stats.total.tolist() == [1, 2, 3, 4, 5, 6, 7, 0, 0]
+    assert module.train_stats.count.tolist() == [3] * 7 + [0, 0]  # it did not log G's twin term or mode seeking
+    module.train_stats.update(torch.full((9,), 9.0))
     means = module.train_stats.compute().tolist()
-    assert means[:7] == pytest.approx([(v + 9) / 4 for v in range(1, 8)]) and means[7] == 9  # its own batch only
+    assert means[:7] == pytest.approx([(v + 9) / 4 for v in range(1, 8)]) and means[7:] == [9, 9]  # its own batch
     headless = CGAN(ConvGenerator(), twin, torch.optim.Adam, torch.optim.Adam)
     with pytest.raises(CheckpointError, match=r"^the checkpoint was trained with model.aux_weight null and this run"):
         module.on_load_checkpoint({"state_dict": module.state_dict(), "train_stats": torch.zeros(1, 5)})

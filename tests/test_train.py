@@ -130,12 +130,18 @@ def test_the_twin_head_learns_gs_digits_and_g_moves_away_from_it(tiny_mnist, in_
     nets = ["--model.generator=helpers.ShiftedGenerator", "--model.discriminator=helpers.TwinNamingDiscriminator"]
     # one batch; with mismatch, real digits under wrong labels follow G's among D's inputs
     trainer = train(tiny_mnist, "--trainer.max_steps=2", *nets, *SGD, "--model.aux_weight=0.5", "--model.mismatch=0.5")
-    metrics = trainer.callback_metrics
-    assert metrics["train/d_twin"].item() == pytest.approx(math.log(math.exp(5) + 9) - 5)  # G's digits only
+    metrics, module = trainer.callback_metrics, trainer.lightning_module
+    assert metrics["train/d_twin"].item() == pytest.approx(math.log(math.exp(5) + 9) - 5, rel=1e-5)  # G's digits only
     assert metrics["train/d_class"].item() == pytest.approx(math.log(10))  # the class head: real digits only
-    # G's loss has -aux_weight x the twin's cross-entropy: SGD climbs its slope 10 (p - 1), p = e^5 / (e^5 + 9)
-    slope = 10 * (math.exp(5) / (math.exp(5) + 9) - 1)
-    assert trainer.lightning_module.generator.shift.item() == pytest.approx(0.1 * 0.5 * slope)
+    # D's update descends the twin's cross-entropy: its bias by SGD's 0.1 x (1 - p), p = e^5 / (e^5 + 9)
+    bias = 0.1 * (1 - math.exp(5) / (math.exp(5) + 9))
+    assert module.discriminator.twin_bias.item() == pytest.approx(bias, rel=1e-5)
+    # G's update sees the updated twin: its cross-entropy, logged as g_twin, is that of logit 5 + bias
+    logit = 5 + bias
+    assert metrics["train/g_twin"].item() == pytest.approx(math.log(math.exp(logit) + 9) - logit, rel=1e-5)
+    # G's loss has -aux_weight x that cross-entropy: SGD climbs its slope 10 (p' - 1), p' = e^logit / (e^logit + 9)
+    slope = 10 * (math.exp(logit) / (math.exp(logit) + 9) - 1)
+    assert module.generator.shift.item() == pytest.approx(0.1 * 0.5 * slope, rel=1e-5)
 
 
 def test_the_mode_seeking_term_enters_gs_update_only(tiny_mnist, in_tmp):
