@@ -85,9 +85,9 @@ class CGAN(pl.LightningModule):
     probabilities; with ``aux_weight``, also ``train/d_class`` and ``train/g_class``, the class
     head's cross-entropy on the real digits and on G's, and with a twin head ``train/d_twin``
     and ``train/g_twin``, its cross-entropy on G's digits in D's update and in G's (G's loss
-    subtracts it); with ``mode_seeking``, ``train/mode_seeking``, the term
-    unweighted (``mode_seeking_term``: lower is more varied). ``d_loss`` and ``g_loss`` are the
-    GAN losses alone, without the R1 penalty, the class heads' terms or the mode-seeking term.
+    subtracts it); with ``mode_seeking``, ``train/mode_seeking``, the term unweighted
+    (``mode_seeking_term``: lower is more varied). ``d_loss`` and ``g_loss`` are the GAN losses
+    alone, without the R1 penalty, the class heads' terms or the mode-seeking term.
 
     Args:
         generator: ``(z (B, noise_dim), y (B,)) -> (B, 1, 28, 28)``; must expose ``noise_dim``
@@ -334,13 +334,12 @@ class CGAN(pl.LightningModule):
                 stats += [d_class, g_class]
             if twin is not None:
                 stats += [d_twin, g_twin]
-            if self.mode_seeking is not None:
-                stats.append(ms_term)
-            values, counts = torch.stack(stats).float(), None
+            counts = None
             if self.mode_seeking is not None:  # a batch with no two digits of a label has no term (0): skip it
-                counts = torch.ones_like(values)
+                stats.append(ms_term)
+                counts = torch.ones(len(stats), device=ms_term.device)
                 counts[-1] = ms_term > 0
-            self.train_stats.update(values, counts)
+            self.train_stats.update(torch.stack(stats).float(), counts)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite(f"batch {batch_idx + 1}")
 
