@@ -1,6 +1,6 @@
 """Quality per minute of training: a config trained for budgets counted in epochs of the seed's loop.
 
-    python bench/quality.py --data_dir DIR [--config dcgan] [--budgets 8 25] [--seed-epochs 1]
+    python bench/quality.py --data_dir DIR [--config dcgan] [--budgets 8 25] [--seed-epochs 1] [--seeds 0 1 ...]
 
 DIR holds ``MNIST/raw``. The budgets are counted in epochs of the seed's original loop (variant
 (a) of ``bench/speed.py``), timed first in the same run, so a row means the same on a fast and
@@ -14,10 +14,14 @@ a slow machine. Then, one after another, in fresh processes:
        data read and the real digits scored once for all): 10,000 generated digits (EMA
        generator when there is one) against the 10,000 test digits.
 
-It prints one row per budget (seconds, the epochs the run trained, FID, intra-class FID,
-accuracy, precision, recall) and a row for 10,000 real training digits, the ceiling.
-``--keep DIR`` keeps the runs (``DIR/budget_B/lightning_logs/version_0``: grids, checkpoints,
-TensorBoard events); arguments after ``--`` go to every ``train.py``.
+It prints one row per run (its training seed, seconds, the epochs it trained, FID, intra-class
+FID, accuracy, precision, recall) and a row for 10,000 real training digits, the ceiling.
+``--seeds S1 S2 ...`` trains each budget once per training seed (``--seed_everything``: G's and
+D's first weights, the data order and every noise draw) and adds the mean and standard deviation
+of each budget's runs: one run is one draw, and a config is compared over several.
+``--keep DIR`` keeps the runs (``DIR/budget_B/lightning_logs/version_0``, or
+``DIR/budget_B_seed_S/...`` with ``--seeds``: grids, checkpoints, TensorBoard events);
+arguments after ``--`` go to every ``train.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS = {"fid": "FID", "fid_intra": "intra FID", "acc": "accuracy", "precision": "precision", "recall": "recall"}
 sys.path.insert(0, str(ROOT))
 
 
@@ -84,13 +89,14 @@ def train(config: str, data_dir: str, seconds: float, root: Path, extra: list[st
     return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", wall
 
 
-def trained_epochs(ckpt: Path, train_digits: int) -> float:
-    """Epochs a checkpoint has trained, with the fraction of an unfinished one."""
+def trained_epochs_and_seed(ckpt: Path, train_digits: int) -> tuple[float, int]:
+    """Epochs a checkpoint has trained (with the fraction of an unfinished one) and its training seed."""
     from cgan.checkpoint import load
 
     state = load(ckpt)
     batches = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
-    return batches / -(-train_digits // state["datamodule_hyper_parameters"]["batch_size"])
+    epochs = batches / -(-train_digits // state["datamodule_hyper_parameters"]["batch_size"])
+    return epochs, state["hyper_parameters"]["seed"]
 
 
 def main(args: list[str] | None = None) -> None:
@@ -102,10 +108,20 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[8, 25], help="in epochs of the seed's loop")
     parser.add_argument("--seed-epochs", type=int, default=1, help="epochs of the seed's loop to time (default 1)")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits per class scored (default 1000)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="train each budget once per training seed (default: the config's)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
     opts = parser.parse_args(ours)
-    if any(b <= 0 for b in opts.budgets):
-        parser.error(f"--budgets must be positive, got {opts.budgets}")
+    if any(b <= 0 for b in opts.budgets) or len(set(opts.budgets)) < len(opts.budgets):
+        parser.error(f"--budgets must be positive and different, got {opts.budgets}")
+    seeds = opts.seeds or [None]
+    if opts.seeds is not None and (any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) < len(seeds)):
+        parser.error(f"--seeds must be different integers from 0 to 2**32 - 1, got {opts.seeds}")
+    names = {(b, s): f"budget_{b:g}" + ("" if s is None else f"_seed_{s}") for b in opts.budgets for s in seeds}
+    taken = [name for name in names.values() if opts.keep and (opts.keep / name).exists()]
+    if taken:
+        parser.error(f"--keep {opts.keep} already holds {', '.join(taken)}: pass an empty or new folder")
 
     import torch
 
@@ -122,25 +138,30 @@ def main(args: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         keep = opts.keep or Path(tmp)
         runs = []  # (budget, seconds, wall seconds, last checkpoint)
-        for budget in opts.budgets:
-            seconds = budget * unit
-            ckpt, wall = train(opts.config, opts.data_dir, seconds, keep / f"budget_{budget:g}", extra)
-            runs.append((budget, seconds, wall, ckpt))
+        for (budget, seed), name in names.items():
+            flags = extra if seed is None else [*extra, f"--seed_everything={seed}"]
+            ckpt, wall = train(opts.config, opts.data_dir, budget * unit, keep / name, flags)
+            runs.append((budget, budget * unit, wall, ckpt))
         # one evaluation for every run: the data is read and the real digits are scored once
         generated, real = evaluate_all([str(ckpt) for *_, ckpt in runs], opts.data_dir, per_class=opts.per_class)
-        header = f"{'budget (seed epochs)':>22}{'seconds':>9}{'wall':>7}{'epochs':>8}"
-        print(header + "".join(f"{name:>11}" for name in ("FID", "intra FID", "accuracy", "precision", "recall")))
-        for (budget, seconds, wall, ckpt), scores in zip(runs, generated):
-            epochs = trained_epochs(ckpt, train_digits)
-            print(f"{budget:>22g}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(scores)}")
-    print(f"{'real digits (ceiling)':>22}{'':>24}{row(real)}")
+        facts = [trained_epochs_and_seed(ckpt, train_digits) for *_, ckpt in runs]  # before the scratch folder goes
+    header = f"{'budget (seed epochs)':>22}{'train seed':>12}{'seconds':>9}{'wall':>7}{'epochs':>8}"
+    print(header + "".join(f"{name:>11}" for name in METRICS.values()))
+    rows = []  # each run's epochs and metrics, for the mean and sd of its budget
+    for i, ((budget, seconds, wall, _), scores, (epochs, seed)) in enumerate(zip(runs, generated, facts)):
+        rows.append({"epochs": epochs, **{k: scores[k].item() for k in METRICS}})
+        print(f"{budget:>22g}{seed:>12}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(rows[-1])}")
+        if len(seeds) > 1 and (i + 1) % len(seeds) == 0:  # the budget's last run
+            for label, stat in (("mean", statistics.mean), ("sd", statistics.stdev)):
+                cells = {k: stat([r[k] for r in rows[-len(seeds) :]]) for k in rows[-1]}
+                print(f"{budget:>22g}{label:>12}{'':>16}{cells['epochs']:>8.2f}{row(cells)}")
+    print(f"{'real digits (ceiling)':>22}{'':>36}{row({k: real[k].item() for k in METRICS})}")
 
 
-def row(scores: dict) -> str:
+def row(scores: dict[str, float]) -> str:
     """The metric cells of a table row: FIDs to two decimals, fractions as percentages or to three."""
-    cells = [f"{scores['fid'].item():>11.2f}", f"{scores['fid_intra'].item():>11.2f}"]
-    cells.append(f"{scores['acc'].item() * 100:>10.2f}%")
-    cells += [f"{scores[name].item():>11.3f}" for name in ("precision", "recall")]
+    cells = [f"{scores['fid']:>11.2f}", f"{scores['fid_intra']:>11.2f}", f"{scores['acc'] * 100:>10.2f}%"]
+    cells += [f"{scores[name]:>11.3f}" for name in ("precision", "recall")]
     return "".join(cells)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -224,17 +225,66 @@ def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist,
     lines = out.splitlines()
     unit = float(re.search(r"the seed's loop: ([\d.]+) s per epoch \(median of 1\)", lines[0])[1])
     assert "config default" in lines[0] and unit > 0
-    assert lines[1].split()[:5] == ["budget", "(seed", "epochs)", "seconds", "wall"]
+    assert lines[1].split()[:7] == ["budget", "(seed", "epochs)", "train", "seed", "seconds", "wall"]
     cells = lines[2].split()
-    assert float(cells[0]) == 2 and float(cells[1]) == pytest.approx(2 * unit, abs=0.5)
-    seconds, wall, epochs = (float(c) for c in cells[1:4])
+    assert float(cells[0]) == 2 and cells[1] == "0"  # the config's seed, read back from the checkpoint
+    assert float(cells[2]) == pytest.approx(2 * unit, abs=0.5)
+    seconds, wall, epochs = (float(c) for c in cells[2:5])
     assert wall >= max(1, round(seconds)) and epochs > 0
-    fid, intra, acc, precision, recall = (float(c.rstrip("%")) for c in cells[4:])
+    fid, intra, acc, precision, recall = (float(c.rstrip("%")) for c in cells[5:])
     assert fid > 0 and intra > 0 and 0 <= acc <= 100 and 0 <= precision <= 1 and 0 <= recall <= 1
     run = tmp_path / "runs" / "budget_2" / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "000.png").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"] == 50  # "--" args reach train.py
     assert lines[3].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 4
+
+
+@pytest.mark.slow
+def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(tiny_mnist, tmp_path, capsys):
+    rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
+    args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "--per-class", "10"]
+    bench(QUALITY).main([*args, "--seeds", "3", "4", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:6]]
+    assert [r[1] for r in rows] == ["3", "4", "mean", "sd"]  # each run's seed, read back from its checkpoint
+    runs = [[float(c.rstrip("%")) for c in r[4:]] for r in rows[:2]]  # epochs and the five metrics
+    mean, sd = ([float(c.rstrip("%")) for c in r[2:]] for r in rows[2:])
+    # printed to 2 decimals (epochs, FIDs, accuracy in %) or 3: the mean and sd of the printed values
+    # are within half a last digit of the printed ones, plus the rounding of the runs' values
+    for i, values in enumerate(zip(*runs)):
+        half = 0.5 * (0.01 if i < 4 else 0.001)
+        assert mean[i] == pytest.approx(statistics.mean(values), abs=2 * half + 1e-9)
+        assert sd[i] == pytest.approx(statistics.stdev(values), abs=(1 + 2**0.5) * half + 1e-9)
+    assert runs[0] != runs[1]  # two seeds, two different runs
+    for seed in (3, 4):
+        run = tmp_path / "runs" / f"budget_2_seed_{seed}" / "lightning_logs" / "version_0"
+        assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == seed
+    assert lines[6].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 7
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seeds", "1", "-2"], "--seeds must be different integers from 0 to 2**32 - 1, got [1, -2]"),
+        (["--seeds", "1", "1"], "--seeds must be different integers from 0 to 2**32 - 1, got [1, 1]"),
+        (["--seeds", str(2**32)], f"--seeds must be different integers from 0 to 2**32 - 1, got [{2**32}]"),
+        (["--budgets", "8", "8"], "--budgets must be positive and different, got [8.0, 8.0]"),
+    ],
+)
+def test_quality_benchmark_refuses_bad_seeds_and_budgets_before_timing_anything(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench(QUALITY).main(["--data_dir", "nowhere", *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_quality_benchmark_refuses_a_keep_folder_that_holds_its_runs(tmp_path, capsys):
+    (tmp_path / "budget_25_seed_1").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        bench(QUALITY).main(["--budgets", "25", "--seeds", "0", "1", "--keep", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert (
+        stop.value.code == 2 and f"--keep {tmp_path} already holds budget_25_seed_1: pass an empty or new folder" in err
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
