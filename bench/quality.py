@@ -125,7 +125,7 @@ def main(args: list[str] | None = None) -> None:
 
     import torch
 
-    from cgan.data import load_split
+    from cgan.data import split_size
     from cgan.evaluate import evaluate_all
 
     unit = seed_epoch_seconds(opts.data_dir, opts.seed_epochs)
@@ -134,14 +134,14 @@ def main(args: list[str] | None = None) -> None:
         f"config {opts.config}; the seed's loop: {unit:.2f} s per epoch (median of {opts.seed_epochs})",
         flush=True,
     )
-    train_digits = len(load_split(opts.data_dir)[1])
+    train_digits = split_size(opts.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         keep = opts.keep or Path(tmp)
         runs = []  # (budget, seconds, wall seconds, last checkpoint)
         for (budget, seed), name in names.items():
-            flags = extra if seed is None else [*extra, f"--seed_everything={seed}"]
-            ckpt, wall = train(opts.config, opts.data_dir, budget * unit, keep / name, flags)
-            runs.append((budget, budget * unit, wall, ckpt))
+            seconds, flags = budget * unit, extra if seed is None else [*extra, f"--seed_everything={seed}"]
+            ckpt, wall = train(opts.config, opts.data_dir, seconds, keep / name, flags)
+            runs.append((budget, seconds, wall, ckpt))
         # one evaluation for every run: the data is read and the real digits are scored once
         generated, real = evaluate_all([str(ckpt) for *_, ckpt in runs], opts.data_dir, per_class=opts.per_class)
         facts = [trained_epochs_and_seed(ckpt, train_digits) for *_, ckpt in runs]  # before the scratch folder goes

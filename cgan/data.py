@@ -161,8 +161,7 @@ def _check_split(raw: Path, train: bool) -> None:
     before every read. torchvision's reader would fail on these files with a bare ValueError or
     AssertionError, or not at all (a labels file with too few labels).
     """
-    split = "train" if train else "t10k"
-    images_path, labels_path = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+    images_path, labels_path = _split_files(raw, train)
     images = _idx_dims(images_path, 3)
     labels = _idx_dims(labels_path, 1)
     if images[1:] != (28, 28):
@@ -174,6 +173,18 @@ def _check_split(raw: Path, train: bool) -> None:
     largest = max(labels_path.read_bytes()[8:])
     if largest > 9:
         raise _bad_file(labels_path, f"it holds labels outside 0-9 (up to {largest})")
+
+
+def _split_files(raw: Path, train: bool) -> tuple[Path, Path]:
+    """One split's extracted images and labels files under ``raw``."""
+    split = "train" if train else "t10k"
+    return raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+
+
+def split_size(data_dir: str, dataset: DatasetName = "MNIST", train: bool = True) -> int:
+    """How many digits one split holds, from its labels file's header (no image is read)."""
+    _require_extracted(data_dir, dataset)
+    return _idx_dims(_split_files(Path(data_dir) / dataset / "raw", train)[1], 1)[0]
 
 
 def _idx_dims(path: Path, ndim: int) -> tuple[int, ...]:

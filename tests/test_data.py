@@ -15,7 +15,7 @@ from conftest import RAW_NAMES, make_mnist
 from torchvision import datasets
 
 import cgan.data
-from cgan.data import InMemoryLoader, MNISTDataModule, download, load_split
+from cgan.data import InMemoryLoader, MNISTDataModule, download, load_split, split_size
 from cgan.errors import ConfigError, DataError
 
 
@@ -124,6 +124,17 @@ def gz_mnist(tmp_path, monkeypatch):
     resources = [(name, hashlib.md5((raw / name).read_bytes()).hexdigest()) for name, _ in datasets.MNIST.resources]
     monkeypatch.setattr(datasets.MNIST, "resources", resources)
     return root
+
+
+def test_a_splits_size_is_read_from_its_labels_header(tmp_path):
+    root = str(make_mnist(tmp_path / "data", n_train=130, n_test=70))
+    assert [split_size(root, train=t) for t in (True, False)] == [
+        len(load_split(root, train=t)[1]) for t in (True, False)
+    ]
+    assert (split_size(root), split_size(root, train=False)) == (130, 70)
+    gz_only = make_mnist(tmp_path / "gz", compress=True)
+    with pytest.raises(DataError, match=r"is only there as \.gz files\. Run with --data\.download true"):
+        split_size(str(gz_only))
 
 
 def test_gz_files_are_extracted_offline(gz_mnist, offline):

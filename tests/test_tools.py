@@ -240,13 +240,19 @@ def test_quality_benchmark_prints_a_row_per_budget_and_keeps_the_run(tiny_mnist,
 
 
 @pytest.mark.slow
-def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(tiny_mnist, tmp_path, capsys):
+def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
+    tiny_mnist, tmp_path, capsys, monkeypatch
+):
     rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
     args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "--per-class", "10"]
-    bench(QUALITY).main([*args, "--seeds", "3", "4", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}"])
+    quality = bench(QUALITY)
+    # a seed epoch of 1.5 s, so a budget of 2 is 3 s, told apart from 1.5 s and from the fixture's real seed epoch
+    monkeypatch.setattr(quality, "seed_epoch_seconds", lambda data_dir, epochs: 1.5)
+    quality.main([*args, "--seeds", "3", "4", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}"])
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines[2:6]]
     assert [r[1] for r in rows] == ["3", "4", "mean", "sd"]  # each run's seed, read back from its checkpoint
+    assert [r[2] for r in rows[:2]] == ["3", "3"]  # seconds: the budget x the seed epoch, for every seed
     runs = [[float(c.rstrip("%")) for c in r[4:]] for r in rows[:2]]  # epochs and the five metrics
     mean, sd = ([float(c.rstrip("%")) for c in r[2:]] for r in rows[2:])
     # printed to 2 decimals (epochs, FIDs, accuracy in %) or 3: the mean and sd of the printed values
@@ -258,7 +264,8 @@ def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
     assert runs[0] != runs[1]  # two seeds, two different runs
     for seed in (3, 4):
         run = tmp_path / "runs" / f"budget_2_seed_{seed}" / "lightning_logs" / "version_0"
-        assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == seed
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["seed_everything"] == seed and config["trainer"]["max_time"] == "00:00:00:03"
     assert lines[6].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 7
 
 
