@@ -147,13 +147,15 @@ def main(args: list[str] | None = None) -> None:
         facts = [trained_epochs_and_seed(ckpt, train_digits) for *_, ckpt in runs]  # before the scratch folder goes
     header = f"{'budget (seed epochs)':>22}{'train seed':>12}{'seconds':>9}{'wall':>7}{'epochs':>8}"
     print(header + "".join(f"{name:>11}" for name in METRICS.values()))
-    rows = []  # each run's epochs and metrics, for the mean and sd of its budget
-    for i, ((budget, seconds, wall, _), scores, (epochs, seed)) in enumerate(zip(runs, generated, facts)):
-        rows.append({"epochs": epochs, **{k: scores[k].item() for k in METRICS}})
-        print(f"{budget:>22g}{seed:>12}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(rows[-1])}")
-        if len(seeds) > 1 and (i + 1) % len(seeds) == 0:  # the budget's last run
+    for budget in opts.budgets:
+        rows = []  # this budget's runs: epochs and metrics, for their mean and sd
+        for (b, seconds, wall, _), scores, (epochs, seed) in zip(runs, generated, facts):
+            if b == budget:
+                rows.append({"epochs": epochs, **{k: scores[k].item() for k in METRICS}})
+                print(f"{budget:>22g}{seed:>12}{seconds:>9.0f}{wall:>7.0f}{epochs:>8.2f}{row(rows[-1])}")
+        if len(rows) > 1:
             for label, stat in (("mean", statistics.mean), ("sd", statistics.stdev)):
-                cells = {k: stat([r[k] for r in rows[-len(seeds) :]]) for k in rows[-1]}
+                cells = {k: stat([r[k] for r in rows]) for k in rows[0]}
                 print(f"{budget:>22g}{label:>12}{'':>16}{cells['epochs']:>8.2f}{row(cells)}")
     print(f"{'real digits (ceiling)':>22}{'':>36}{row({k: real[k].item() for k in METRICS})}")
 

@@ -244,13 +244,14 @@ def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
     tiny_mnist, tmp_path, capsys, monkeypatch
 ):
     rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
-    args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "--per-class", "10"]
+    args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "1", "--per-class", "10"]
     quality = bench(QUALITY)
     # a seed epoch of 1.5 s, so a budget of 2 is 3 s, told apart from 1.5 s and from the fixture's real seed epoch
     monkeypatch.setattr(quality, "seed_epoch_seconds", lambda data_dir, epochs: 1.5)
     quality.main([*args, "--seeds", "3", "4", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}"])
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines[2:6]]
+    assert [r[0] for r in rows] == ["2"] * 4  # the first budget's two runs, then their mean and sd
     assert [r[1] for r in rows] == ["3", "4", "mean", "sd"]  # each run's seed, read back from its checkpoint
     assert [r[2] for r in rows[:2]] == ["3", "3"]  # seconds: the budget x the seed epoch, for every seed
     runs = [[float(c.rstrip("%")) for c in r[4:]] for r in rows[:2]]  # epochs and the five metrics
@@ -266,7 +267,11 @@ def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
         run = tmp_path / "runs" / f"budget_2_seed_{seed}" / "lightning_logs" / "version_0"
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["seed_everything"] == seed and config["trainer"]["max_time"] == "00:00:00:03"
-    assert lines[6].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 7
+    # the second budget's runs, then the mean of those two alone (FID to two decimals)
+    second = [line.split() for line in lines[6:10]]
+    assert [r[:2] for r in second] == [["1", "3"], ["1", "4"], ["1", "mean"], ["1", "sd"]]
+    assert float(second[2][3]) == pytest.approx(statistics.mean(float(r[5]) for r in second[:2]), abs=0.01 + 1e-9)
+    assert lines[10].split()[:3] == ["real", "digits", "(ceiling)"] and len(lines) == 11
 
 
 @pytest.mark.parametrize(
