@@ -1,6 +1,7 @@
 """Quality per minute of training: a config trained for budgets counted in epochs of the seed's loop.
 
     python bench/quality.py --data_dir DIR [--config dcgan] [--budgets 8 25] [--seed-epochs 1] [--seeds 0 1 ...]
+                            [--seed-epoch-seconds S]
 
 DIR holds ``MNIST/raw``. The budgets are counted in epochs of the seed's original loop (variant
 (a) of ``bench/speed.py``), timed first in the same run, so a row means the same on a fast and
@@ -19,6 +20,9 @@ FID, accuracy, precision, recall) and a row for 10,000 real training digits, the
 ``--seeds S1 S2 ...`` trains each budget once per training seed (``--seed_everything``: G's and
 D's first weights, the data order and every noise draw) and adds the mean and standard deviation
 of each budget's runs: one run is one draw, and a config is compared over several.
+``--seed-epoch-seconds S`` takes ``E`` as S instead of timing it, to give several benchmark runs
+on one machine the same budgets in seconds when they compare settings: the seed's loop, timed
+alone, moves from one run to the next (docs/metrics.md).
 ``--keep DIR`` keeps the runs (``DIR/budget_B/lightning_logs/version_0``, or
 ``DIR/budget_B_seed_S/...`` with ``--seeds``: grids, checkpoints, TensorBoard events);
 arguments after ``--`` go to every ``train.py``.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -107,6 +112,9 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--config", default="dcgan", help="a shipped config's name or a YAML file (default dcgan)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[8, 25], help="in epochs of the seed's loop")
     parser.add_argument("--seed-epochs", type=int, default=1, help="epochs of the seed's loop to time (default 1)")
+    parser.add_argument(
+        "--seed-epoch-seconds", type=float, help="take the seed's epoch as this many seconds instead of timing it"
+    )
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits per class scored (default 1000)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="train each budget once per training seed (default: the config's)"
@@ -115,6 +123,8 @@ def main(args: list[str] | None = None) -> None:
     opts = parser.parse_args(ours)
     if any(b <= 0 for b in opts.budgets) or len(set(opts.budgets)) < len(opts.budgets):
         parser.error(f"--budgets must be positive and different, got {opts.budgets}")
+    if opts.seed_epoch_seconds is not None and not 0 < opts.seed_epoch_seconds < math.inf:
+        parser.error(f"--seed-epoch-seconds must be a positive number of seconds, got {opts.seed_epoch_seconds}")
     seeds = opts.seeds or [None]
     if opts.seeds is not None and (any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) < len(seeds)):
         parser.error(f"--seeds must be different integers from 0 to 2**32 - 1, got {opts.seeds}")
@@ -128,10 +138,13 @@ def main(args: list[str] | None = None) -> None:
     from cgan.data import split_size
     from cgan.evaluate import evaluate_all
 
-    unit = seed_epoch_seconds(opts.data_dir, opts.seed_epochs)
+    if opts.seed_epoch_seconds is None:
+        unit, how = seed_epoch_seconds(opts.data_dir, opts.seed_epochs), f"median of {opts.seed_epochs}"
+    else:
+        unit, how = opts.seed_epoch_seconds, "given"
     print(
         f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"config {opts.config}; the seed's loop: {unit:.2f} s per epoch (median of {opts.seed_epochs})",
+        f"config {opts.config}; the seed's loop: {unit:.2f} s per epoch ({how})",
         flush=True,
     )
     train_digits = split_size(opts.data_dir)

@@ -246,10 +246,12 @@ def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
     rare = callbacks_config(tmp_path / "rare.yaml", {"DigitMetrics": {"every_n_epochs": 1000, "per_class": 10}})
     args = ["--data_dir", str(tiny_mnist), "--config", "default", "--budgets", "2", "1", "--per-class", "10"]
     quality = bench(QUALITY)
-    # a seed epoch of 1.5 s, so a budget of 2 is 3 s, told apart from 1.5 s and from the fixture's real seed epoch
-    monkeypatch.setattr(quality, "seed_epoch_seconds", lambda data_dir, epochs: 1.5)
-    quality.main([*args, "--seeds", "3", "4", "--keep", str(tmp_path / "runs"), "--", f"--config={rare}"])
+    monkeypatch.setattr(quality, "seed_epoch_seconds", lambda *_: pytest.fail("the seed's loop was timed"))
+    # a seed epoch given as 1.5 s, so a budget of 2 is 3 s, told apart from 1.5 s and from the fixture's real seed epoch
+    args += ["--seed-epoch-seconds", "1.5", "--seeds", "3", "4", "--keep", str(tmp_path / "runs")]
+    quality.main([*args, "--", f"--config={rare}"])
     lines = capsys.readouterr().out.splitlines()
+    assert "the seed's loop: 1.50 s per epoch (given)" in lines[0]
     rows = [line.split() for line in lines[2:6]]
     assert [r[0] for r in rows] == ["2"] * 4  # the first budget's two runs, then their mean and sd
     assert [r[1] for r in rows] == ["3", "4", "mean", "sd"]  # each run's seed, read back from its checkpoint
@@ -281,6 +283,9 @@ def test_quality_benchmark_trains_each_budget_once_per_seed_and_adds_their_mean(
         (["--seeds", "1", "1"], "--seeds must be different integers from 0 to 2**32 - 1, got [1, 1]"),
         (["--seeds", str(2**32)], f"--seeds must be different integers from 0 to 2**32 - 1, got [{2**32}]"),
         (["--budgets", "8", "8"], "--budgets must be positive and different, got [8.0, 8.0]"),
+        (["--seed-epoch-seconds", "0"], "--seed-epoch-seconds must be a positive number of seconds, got 0.0"),
+        (["--seed-epoch-seconds", "nan"], "--seed-epoch-seconds must be a positive number of seconds, got nan"),
+        (["--seed-epoch-seconds", "inf"], "--seed-epoch-seconds must be a positive number of seconds, got inf"),
     ],
 )
 def test_quality_benchmark_refuses_bad_seeds_and_budgets_before_timing_anything(flags, message, capsys):
