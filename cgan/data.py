@@ -8,6 +8,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,10 +79,12 @@ def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
     Missing files are extracted from their .gz when those pass their checksums (offline), else
     fetched by torchvision; then the extracted files are checked. Every file appears under its
     name only once complete, so runs started together on one ``data_dir`` (a sweep) and a run
-    after an interrupted one never read half a file. It runs in ``prepare_data``, before the
-    trainer makes a run folder, so a bad file stops a run before it writes anything.
+    after an interrupted one never read half a file; what a killed one left is removed
+    (``_remove_stale``). It runs in ``prepare_data``, before the trainer makes a run folder, so
+    a bad file stops a run before it writes anything.
     """
     raw = Path(data_dir) / dataset / "raw"
+    _remove_stale(raw, dataset)
     if not _extracted(raw, dataset):
         try:
             _extract(raw, dataset)
@@ -95,6 +98,25 @@ def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
                 ) from err
             # extracted but not readable: check_files below says which file and why
     check_files(data_dir, dataset)
+
+
+STALE_SECONDS = 3600  # a hidden file or folder of ours this old was left by a killed run
+
+
+def _remove_stale(raw: Path, dataset: str) -> None:
+    """Remove what an extraction or a download killed midway (SIGKILL, a power cut) left in
+    ``raw``: ``_extract``'s hidden files and ``_fetch``'s folders, once over ``STALE_SECONDS``
+    old, so that those another run is writing now are left alone."""
+    patterns = [f".{Path(name).stem}.*" for name, _ in _dataset_class(dataset).resources] + [".download-*"]
+    for left in (path for pattern in patterns for path in raw.glob(pattern)):
+        try:
+            if time.time() - left.stat().st_mtime > STALE_SECONDS:
+                if left.is_dir():
+                    shutil.rmtree(left)
+                else:
+                    left.unlink()
+        except OSError:  # gone meanwhile, or a folder this run cannot write to: harmless either way
+            pass
 
 
 def _extract(raw: Path, dataset: str) -> None:

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -163,6 +164,22 @@ def test_an_extraction_cut_short_leaves_no_half_written_file(gz_mnist, offline, 
     monkeypatch.setattr(shutil, "copyfileobj", copy)
     download(str(gz_mnist))  # the next run extracts them whole
     assert load_split(str(gz_mnist), train=True)[0].shape == (200, 28, 28)
+
+
+def test_what_a_killed_extraction_or_download_left_is_removed_once_an_hour_old(gz_mnist, offline):
+    raw = gz_mnist / "MNIST" / "raw"
+    old, fresh = raw / f".train-images-idx3-ubyte.{'a' * 32}", raw / f".t10k-labels-idx1-ubyte.{'b' * 32}"
+    folder, other = raw / ".download-x1y2", raw / ".notes"  # a download's folder, and a file not ours
+    folder.mkdir()
+    for path in (old, fresh, folder / "part.gz", other):
+        path.write_bytes(b"half")
+    hours_ago = time.time() - 2 * 3600
+    for path in (old, folder, other):
+        os.utime(path, (hours_ago, hours_ago))
+    download(str(gz_mnist))
+    assert not old.exists() and not folder.exists()
+    assert fresh.read_bytes() == b"half" and other.read_bytes() == b"half"  # maybe another run's, or not ours
+    assert load_split(str(gz_mnist), train=False)[0].shape == (50, 28, 28)
 
 
 @pytest.fixture
