@@ -101,13 +101,20 @@ def download(data_dir: str, dataset: DatasetName = "MNIST") -> None:
 
 
 STALE_SECONDS = 3600  # a hidden file or folder of ours this old was left by a killed run
+FETCH_PREFIX = ".download-"  # _fetch's temporary folder in raw
+
+
+def _extract_prefix(name: str) -> str:
+    """The start of the hidden file ``_extract`` writes the extracted file ``name`` to."""
+    return f".{name}."
 
 
 def _remove_stale(raw: Path, dataset: str) -> None:
     """Remove what an extraction or a download killed midway (SIGKILL, a power cut) left in
     ``raw``: ``_extract``'s hidden files and ``_fetch``'s folders, once over ``STALE_SECONDS``
     old, so that those another run is writing now are left alone."""
-    patterns = [f".{Path(name).stem}.*" for name, _ in _dataset_class(dataset).resources] + [".download-*"]
+    patterns = [_extract_prefix(Path(name).stem) + "*" for name, _ in _dataset_class(dataset).resources]
+    patterns.append(FETCH_PREFIX + "*")
     for left in (path for pattern in patterns for path in raw.glob(pattern)):
         try:
             if time.time() - left.stat().st_mtime > STALE_SECONDS:
@@ -126,7 +133,7 @@ def _extract(raw: Path, dataset: str) -> None:
         gz, out = raw / name, raw / Path(name).stem
         if out.is_file() or not gz.is_file() or not check_integrity(str(gz), md5):
             continue
-        tmp = raw / f".{out.name}.{uuid.uuid4().hex}"
+        tmp = raw / f"{_extract_prefix(out.name)}{uuid.uuid4().hex}"
         try:
             with open(tmp, "xb") as dst, gzip.open(gz, "rb") as src:
                 shutil.copyfileobj(src, dst)
@@ -141,7 +148,7 @@ def _fetch(raw: Path, dataset: str) -> None:
     in ``raw`` that passes its checksum is linked into that folder first, so only the missing
     or corrupt ones are downloaded."""
     raw.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
+    with tempfile.TemporaryDirectory(dir=raw, prefix=FETCH_PREFIX) as tmp:
         staged = Path(tmp) / dataset / "raw"
         staged.mkdir(parents=True)
         for name, md5 in _dataset_class(dataset).resources:
