@@ -102,8 +102,12 @@ class CGAN(pl.LightningModule):
             for sample grids, metrics and generation. Its batch-norm statistics are recomputed
             for its own weights whenever it is used after an update.
         ema_warmup: average over fewer batches early on: the decay after batch ``n`` is
-            ``min(ema_decay, (1 + n) / (10 + n))``, so a short run's average is not weighed
-            down by G's first, random weights (``ema_decay ** n`` of them otherwise).
+            ``min(ema_decay, (1 + n) / (n + ema_power + 2))``, so a short run's average is not
+            weighed down by G's first, random weights (``ema_decay ** n`` of them otherwise).
+        ema_power: the warm-up's power. Until ``ema_decay`` caps the decay, G's weights after
+            batch ``k`` count in the average about in proportion to ``k ** ema_power`` (a
+            power-function EMA, Karras et al., 2024): the weights it averages are on average
+            ``1 / (ema_power + 2)`` of the run old, however long the run has gone.
         lr_decay: if set, both learning rates fall linearly to zero, batch by batch, over the
             last ``lr_decay`` of the run (1.0: the whole run). The run's length is that of
             ``run_fraction``: a run stopped on the clock (``max_time``) ends its decay on time.
@@ -145,6 +149,7 @@ class CGAN(pl.LightningModule):
         loss: Literal["bce", "hinge"] = "bce",
         ema_decay: float | None = None,
         ema_warmup: bool = False,
+        ema_power: float = 8.0,
         lr_decay: float | None = None,
         r1_gamma: float | None = None,
         r1_every: int = 4,
@@ -159,6 +164,8 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
+        if not 0.0 < ema_power < float("inf"):
+            raise ConfigError(f"model.ema_power must be positive and finite, got {ema_power}.")
         if lr_decay is not None and not 0.0 < lr_decay <= 1.0:
             raise ConfigError(f"model.lr_decay must be in (0, 1] or null, got {lr_decay}.")
         if r1_gamma is not None and not r1_gamma > 0:
@@ -190,7 +197,8 @@ class CGAN(pl.LightningModule):
 
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
-        self.ema_decay, self.ema_warmup, self.lr_decay, self.seed = ema_decay, ema_warmup, lr_decay, seed
+        self.ema_decay, self.ema_warmup, self.ema_power = ema_decay, ema_warmup, ema_power
+        self.lr_decay, self.seed = lr_decay, seed
         self.r1_gamma, self.r1_every, self.mismatch, self.aux_weight = r1_gamma, r1_every, mismatch, aux_weight
         self.mode_seeking = mode_seeking
         self._ema_stats_stale = True
@@ -392,7 +400,7 @@ class CGAN(pl.LightningModule):
         decay = self.ema_decay
         if self.ema_warmup:
             batches = self.global_step // 2  # two optimizer steps per batch, this one's included
-            decay = min(decay, (1 + batches) / (10 + batches))
+            decay = min(decay, (1 + batches) / (batches + self.ema_power + 2))
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
         self._ema_stats_stale = True
 

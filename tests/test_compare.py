@@ -98,6 +98,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "d_lr",
         "batch_size",
         "ema_decay",
+        "ema_power",
         "lr_decay",
         "r1_gamma",
         "r1_every",
@@ -118,6 +119,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "d_lr": 0.001,
         "batch_size": 20,
         "ema_decay": 0,
+        "ema_power": 0,
         "lr_decay": 0,
         "r1_gamma": 0,
         "r1_every": 0,
@@ -136,7 +138,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
     assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"], dcgan["twin"]) == (10.0, 0, 0.5, True)
-    assert (dcgan["r1_every"], dcgan["mode_seeking"]) == (8, 0.1)
+    assert (dcgan["r1_every"], dcgan["mode_seeking"], dcgan["ema_power"]) == (8, 0.1, 16.0)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}

@@ -41,13 +41,22 @@ def make(ema_decay=None, g=None, d=None) -> CGAN:
 
 
 @pytest.mark.parametrize(
-    ("warmup", "batches", "decay"),
-    [(False, 1, 0.999), (True, 1, 2 / 11), (True, 990, 0.991), (True, 20000, 0.999)],
+    ("warmup", "power", "batches", "decay"),
+    [
+        (False, 8.0, 1, 0.999),
+        (True, 8.0, 1, 2 / 11),
+        (True, 8.0, 990, 0.991),
+        (True, 8.0, 20000, 0.999),
+        (True, 16.0, 1, 2 / 19),
+        (True, 16.0, 990, 991 / 1008),
+        (True, 16.0, 20000, 0.999),
+        (False, 16.0, 1, 0.999),
+    ],
 )
-def test_ema_moves_toward_g_by_the_configured_decay_or_its_warm_up(warmup, batches, decay, monkeypatch):
+def test_ema_moves_toward_g_by_the_configured_decay_or_its_warm_up(warmup, power, batches, decay, monkeypatch):
     torch.manual_seed(0)
     adam = partial(torch.optim.Adam, lr=1e-3)
-    module = CGAN(Generator(), Discriminator(), adam, adam, ema_decay=0.999, ema_warmup=warmup)
+    module = CGAN(Generator(), Discriminator(), adam, adam, ema_decay=0.999, ema_warmup=warmup, ema_power=power)
     monkeypatch.setattr(CGAN, "global_step", property(lambda self: 2 * batches))  # two optimizer steps a batch
     before = [p.clone() for p in module.generator_ema.parameters()]
     with torch.no_grad():
@@ -191,6 +200,9 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_eve
         ({"aux_weight": -0.5}, "model.aux_weight must be positive or null, got -0.5"),
         ({"mode_seeking": 0.0}, "model.mode_seeking must be positive or null, got 0.0"),
         ({"mode_seeking": -0.1}, "model.mode_seeking must be positive or null, got -0.1"),
+        ({"ema_power": 0.0}, "model.ema_power must be positive and finite, got 0.0"),
+        ({"ema_power": -1.0}, "model.ema_power must be positive and finite, got -1.0"),
+        ({"ema_power": float("inf")}, "model.ema_power must be positive and finite, got inf"),
     ],
 )
 def test_loss_term_settings_out_of_range_are_refused(kwargs, text):
