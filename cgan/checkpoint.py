@@ -107,7 +107,9 @@ def check_compatible(module: torch.nn.Module, checkpoint: dict) -> None:
 ABSENT = object()  # a setting the checkpoint does not have: written before the setting existed
 
 
-def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[tuple[str, Any, Any]]:
+def changed_settings(
+    checkpoint: dict, model: Mapping, data: Mapping, defaults: Mapping | None = None
+) -> list[tuple[str, Any, Any]]:
     """``(name, the checkpoint's value, this run's value)`` for each setting a resumed run changes.
 
     ``model`` and ``data`` are the new run's hyperparameters (the module's and the data
@@ -115,18 +117,20 @@ def changed_settings(checkpoint: dict, model: Mapping, data: Mapping) -> list[tu
     dicts, lists and scalars; its ``_instantiator`` entry is not a setting). Names are as in
     the config (``model.g_optimizer.init_args.lr``). Two mappings of the same class (or none)
     are compared key by key, anything else as a whole (a scheduler switched on: null in the
-    checkpoint, its ``class_path``/``init_args`` now). A top-level setting the checkpoint lacks
-    is reported, with ``ABSENT`` as its old value, unless it is null now; below the top level,
-    such keys (an optimizer argument a newer torch added) are left out. Of the data settings
-    only ``batch_size`` and ``dataset`` are compared: the others say where and how the files
-    are read and give the same batches (the shuffling seed is ``model.seed``'s twin).
+    checkpoint, its ``class_path``/``init_args`` now). A top-level model setting the checkpoint
+    lacks was added after it was written, with a default that keeps the old behaviour: given
+    the model's ``defaults`` (its ``__init__``'s), it is compared as that default, which is what
+    the checkpoint trained with; without one it is reported, with ``ABSENT`` as its old value,
+    unless it is null now. Below the top level, such keys (an optimizer argument a newer torch
+    added) are left out. Of the data settings only ``batch_size`` and ``dataset`` are compared:
+    the others say where and how the files are read and give the same batches (the shuffling
+    seed is ``model.seed``'s twin).
     """
     data = {k: v for k, v in data.items() if k in ("batch_size", "dataset")}
     model = {k: v for k, v in model.items() if not k.startswith("_")}
-    changed = []
-    for section, own, key in (("model", model, "hyper_parameters"), ("data", data, "datamodule_hyper_parameters")):
-        changed += _diff(checkpoint.get(key) or {}, own, section, top=True)
-    return changed
+    saved = {**(defaults or {}), **(checkpoint.get("hyper_parameters") or {})}
+    changed = _diff(saved, model, "model", top=True)
+    return changed + _diff(checkpoint.get("datamodule_hyper_parameters") or {}, data, "data", top=True)
 
 
 def _diff(theirs: Mapping, ours: Mapping, prefix: str, top: bool = False) -> list[tuple[str, Any, Any]]:

@@ -10,6 +10,7 @@ is short for ``--trainer.max_epochs N``; ``--ckpt_path last|PATH`` resumes. Runs
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -174,7 +175,9 @@ def _check_resume(cli: CganCLI) -> None:
     model cannot train on from, and warn of each setting the resume changes."""
     ckpt = checkpoint.load(cli.config.ckpt_path)
     cli.model.check_resumable(ckpt)
-    changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams)
+    signature = inspect.signature(type(cli.model).__init__).parameters.values()
+    defaults = {p.name: p.default for p in signature if p.default is not p.empty}
+    changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams, defaults)
     if changed:  # allowed (a lower learning rate, say), but said: the config given may not be the run's
         rank_zero_warn(resume_warning(changed))
 

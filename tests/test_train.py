@@ -215,6 +215,20 @@ def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
     ]
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_without_a_warning(tiny_mnist, in_tmp):
+    train(tiny_mnist, "--max_epochs=1")
+    path = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["hyper_parameters"]["ema_power"]  # as written before model.ema_power existed (it trained as 8.0)
+    torch.save(ckpt, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tiny_mnist, "--max_epochs=2", "--ckpt_path=last")
+    assert not [w for w in caught if "differ from the checkpoint's" in str(w.message)]
+    with pytest.warns(UserWarning, match="model.ema_power: 8.0 in the checkpoint, 16.0 now"):
+        train(tiny_mnist, "--max_epochs=3", "--ckpt_path=last", "--model.ema_power=16")
+
+
 @pytest.mark.parametrize("given", ["7", "true"])
 def test_the_run_seed_reaches_the_module_and_the_data_module(tiny_mnist, in_tmp, given):
     trainer = train(tiny_mnist, "--max_epochs=0", f"--seed_everything={given}")
