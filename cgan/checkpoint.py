@@ -118,13 +118,14 @@ def changed_settings(
     the config (``model.g_optimizer.init_args.lr``). Two mappings of the same class (or none)
     are compared key by key, anything else as a whole (a scheduler switched on: null in the
     checkpoint, its ``class_path``/``init_args`` now). A top-level model setting the checkpoint
-    lacks was added after it was written, with a default that keeps the old behaviour: given
-    the model's ``defaults`` (its ``__init__``'s), it is compared as that default, which is what
-    the checkpoint trained with; without one it is reported, with ``ABSENT`` as its old value,
-    unless it is null now. Below the top level, such keys (an optimizer argument a newer torch
-    added) are left out. Of the data settings only ``batch_size`` and ``dataset`` are compared:
-    the others say where and how the files are read and give the same batches (the shuffling
-    seed is ``model.seed``'s twin).
+    lacks is taken to have been added after it was written, and settings are added with a
+    default that keeps the old behaviour: given the model's ``defaults`` (its ``__init__``'s,
+    YAML-like values), it is compared as that default, which is what the checkpoint trained
+    with. A top-level setting without a default there (and a data setting) the checkpoint lacks
+    is reported, with ``ABSENT`` as its old value, unless it is null now. Below the top level,
+    such keys (an optimizer argument a newer torch added) are left out. Of the data settings
+    only ``batch_size`` and ``dataset`` are compared: the others say where and how the files
+    are read and give the same batches (the shuffling seed is ``model.seed``'s twin).
     """
     data = {k: v for k, v in data.items() if k in ("batch_size", "dataset")}
     model = {k: v for k, v in model.items() if not k.startswith("_")}

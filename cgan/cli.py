@@ -176,7 +176,8 @@ def _check_resume(cli: CganCLI) -> None:
     ckpt = checkpoint.load(cli.config.ckpt_path)
     cli.model.check_resumable(ckpt)
     signature = inspect.signature(type(cli.model).__init__).parameters.values()
-    defaults = {p.name: p.default for p in signature if p.default is not p.empty}
+    plain = (type(None), bool, int, float, str)  # defaults a config could hold, and a flag give back
+    defaults = {p.name: p.default for p in signature if isinstance(p.default, plain)}
     changed = checkpoint.changed_settings(ckpt, cli.model.hparams, cli.datamodule.hparams, defaults)
     if changed:  # allowed (a lower learning rate, say), but said: the config given may not be the run's
         rank_zero_warn(resume_warning(changed))

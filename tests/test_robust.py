@@ -183,7 +183,7 @@ def test_changed_settings_are_named_as_on_the_command_line():
     assert changed_settings(saved, saved["hyper_parameters"], saved["datamodule_hyper_parameters"]) == []
     assert changed_settings({}, {"lr_decay": None}, {}) == []  # nothing saved, nothing set: nothing changed
     # a setting added after the checkpoint was written: it trained as the setting's default does
-    defaults = {"ema_power": 8.0, "mode_seeking": None}
+    defaults = {"ema_power": 8.0, "mode_seeking": None, "ema_warmup": False}  # the checkpoint's True wins
     assert changed_settings(saved, {**saved["hyper_parameters"], "ema_power": 8.0}, {}, defaults) == []
     assert changed_settings(saved, {**saved["hyper_parameters"], "ema_power": 16.0}, {}, defaults) == [
         ("model.ema_power", 8.0, 16.0)
