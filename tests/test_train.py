@@ -216,18 +216,20 @@ def test_resuming_with_changed_settings_names_them(tiny_mnist, in_tmp):
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_without_a_warning(tiny_mnist, in_tmp):
-    train(tiny_mnist, "--max_epochs=1")
     path = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt["hyper_parameters"]["ema_power"]  # as written before model.ema_power existed (it trained as 8.0)
-    torch.save(ckpt, path)
+
+    def make_old() -> None:  # as written before model.ema_power existed (it trained as 8.0)
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["hyper_parameters"]["ema_power"]
+        torch.save(ckpt, path)
+
+    train(tiny_mnist, "--max_epochs=1")
+    make_old()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(tiny_mnist, "--max_epochs=2", "--ckpt_path=last")
     assert not [w for w in caught if "differ from the checkpoint's" in str(w.message)]
-    ckpt = torch.load(path, weights_only=True)  # the resumed run wrote its own; make it old again
-    del ckpt["hyper_parameters"]["ema_power"]
-    torch.save(ckpt, path)
+    make_old()  # the resumed run wrote its own
     with pytest.warns(UserWarning, match="differ from the checkpoint's") as caught:
         train(tiny_mnist, "--max_epochs=3", "--ckpt_path=last", "--model.ema_power=16")
     assert [str(w.message) for w in caught if "differ" in str(w.message)] == [
