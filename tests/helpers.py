@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import signal
@@ -11,6 +10,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import yaml
+
+# Training flags for a machine with a GPU, which the default accelerator ("auto") picks: tests that
+# compare two runs tensor for tensor need deterministic kernels there. On a CPU, none.
+ON_GPU = ["--trainer.deterministic=true"] if torch.cuda.is_available() else []
 
 
 class Recorder(pl.Callback):
@@ -22,7 +25,8 @@ class Recorder(pl.Callback):
         self.batches: list[tuple[int, int]] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.initial = copy.deepcopy(pl_module.state_dict())
+        # a copy on the CPU: on a GPU, Lightning moves the module back to the CPU after fit
+        self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epochs.append(trainer.current_epoch)
@@ -146,7 +150,7 @@ class MarkedGenerator(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, z, y):
-        return torch.full((len(z), 1, 28, 28), 0.5) + 0 * self.unused
+        return torch.full((len(z), 1, 28, 28), 0.5, device=z.device) + 0 * self.unused
 
 
 class MarkedDiscriminator(torch.nn.Module):
@@ -172,7 +176,7 @@ class NamingDiscriminator(MarkedDiscriminator):
         logits = super().forward(x, y)
         if not classes:
             return logits
-        named = torch.zeros(len(x), 10) + 0 * self.unused
+        named = torch.zeros(len(x), 10, device=x.device) + 0 * self.unused
         named[:, 0] = torch.where(x[:, 0, 0, 0] == 0.5, 4.0, 0.0)
         return logits, named
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import callbacks_config, recorder
+from helpers import ON_GPU, callbacks_config, recorder
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,7 +19,7 @@ from cgan.losses import LOSSES
 from cgan.models import Discriminator
 from cgan.module import CGAN
 
-FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false"]
+FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", *ON_GPU]
 BATCHES = 10  # 200 fixture images / 20
 DCGAN = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
 # plain SGD for both networks (Adam's first step is lr * sign(gradient)): one step's size is known
@@ -259,7 +259,7 @@ def test_ckpt_path_last_resumes_the_newest_run(tiny_mnist, in_tmp):
 
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(tiny_mnist, in_tmp):
     train(tiny_mnist, "--max_epochs=1")
-    ckpt = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    ckpt = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     trainer = train(tiny_mnist, "--ckpt_path=last", "--max_epochs=2")
     rec = recorder(trainer)
     assert rec.epochs == [1]
