@@ -119,15 +119,15 @@ class HparamsTable(pl.Callback):
     metrics as the columns to sort runs by.
 
     At fit start, each ``TensorBoardLogger`` gets the settings below and NaN ("not scored yet")
-    as the first value of each ``val/*`` metric of ``DigitMetrics``. TensorBoard shows the
-    last value of each, so the scores ``DigitMetrics`` logs later fill the columns. Settings:
+    as the first value of each ``val/*`` metric of ``DigitMetrics``. TensorBoard shows the last
+    value of each, so the scores ``DigitMetrics`` logs later fill the columns. Settings:
     ``generator`` and ``discriminator`` (class names), ``loss``, ``g_lr`` and ``d_lr`` (the
     optimizers' initial learning rates), ``batch_size`` (per process), ``ema_decay`` (0 when
-    there is no EMA: an average with decay 0 is the live generator), ``ema_power`` (0 without
-    the EMA's warm-up), ``lr_decay``, ``r1_gamma`` (0 for none) and ``r1_every`` (0 without R1),
-    ``mismatch`` and ``aux_weight`` (0 for none), ``twin`` (whether G is also judged by a twin
-    class head), ``mode_seeking`` (0 for none), ``max_epochs`` and ``dataset``; Lightning adds
-    them to the run's ``hparams.yaml`` too.
+    there is no EMA: an average with decay 0 is the live generator), ``ema_power`` and
+    ``ema_floor`` (0 without the EMA's warm-up), ``lr_decay``, ``r1_gamma`` (0 for none) and
+    ``r1_every`` (0 without R1), ``mismatch`` and ``aux_weight`` (0 for none), ``twin`` (whether
+    G is also judged by a twin class head), ``mode_seeking`` (0 for none), ``max_epochs`` and
+    ``dataset``; Lightning adds them to the run's ``hparams.yaml`` too.
 
     A run resumed into the folder it logged to keeps its one row, with the settings it started
     with: the checkpoint records where the row was written. Rank 0 only, as the logger.
@@ -166,6 +166,7 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "batch_size": data.batch_size,
         "ema_decay": pl_module.ema_decay or 0.0,
         "ema_power": pl_module.ema_power if pl_module.ema_decay and pl_module.ema_warmup else 0.0,
+        "ema_floor": pl_module.ema_floor if pl_module.ema_decay and pl_module.ema_warmup else 0.0,
         "lr_decay": pl_module.lr_decay or 0.0,
         "r1_gamma": pl_module.r1_gamma or 0.0,
         "r1_every": pl_module.r1_every if pl_module.r1_gamma is not None else 0,

@@ -102,12 +102,18 @@ class CGAN(pl.LightningModule):
             for sample grids, metrics and generation. Its batch-norm statistics are recomputed
             for its own weights whenever it is used after an update.
         ema_warmup: average over fewer batches early on: the decay after batch ``n`` is
-            ``min(ema_decay, (1 + n) / (n + ema_power + 2))``, so a short run's average is not
-            weighed down by G's first, random weights (``ema_decay ** n`` of them otherwise).
+            ``min(ema_decay, max(ema_floor, (1 + n) / (n + ema_power + 2)))``, so a short run's
+            average is not weighed down by G's first, random weights (``ema_decay ** n`` of them
+            otherwise).
         ema_power: the warm-up's power. Until ``ema_decay`` caps the decay, G's weights after
             batch ``k`` count in the average about in proportion to ``k ** ema_power`` (a
             power-function EMA, Karras et al., 2024): the weights it averages are on average
             ``1 / (ema_power + 2)`` of the run old, however long the run has gone.
+        ema_floor: the least decay of the warm-up (0: none), so that the average never spans
+            fewer than about ``1 / (1 - ema_floor)`` batches: a short run's power-function average
+            would otherwise keep the noise of its last few. The power's decay passes the floor
+            after ``(ema_floor * (ema_power + 2) - 1) / (1 - ema_floor)`` batches (2,410 for 16 and
+            0.993); in a run much longer than that, the floor has all but no effect.
         lr_decay: if set, both learning rates fall linearly to zero, batch by batch, over the
             last ``lr_decay`` of the run (1.0: the whole run). The run's length is that of
             ``run_fraction``: a run stopped on the clock (``max_time``) ends its decay on time.
@@ -150,6 +156,7 @@ class CGAN(pl.LightningModule):
         ema_decay: float | None = None,
         ema_warmup: bool = False,
         ema_power: float = 8.0,
+        ema_floor: float = 0.0,
         lr_decay: float | None = None,
         r1_gamma: float | None = None,
         r1_every: int = 4,
@@ -166,6 +173,13 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}.")
         if not 0.0 < ema_power < float("inf"):
             raise ConfigError(f"model.ema_power must be positive and finite, got {ema_power}.")
+        if not 0.0 <= ema_floor < 1.0:
+            raise ConfigError(f"model.ema_floor must be in [0, 1), got {ema_floor}.")
+        if ema_decay is not None and ema_floor > ema_decay:
+            raise ConfigError(
+                f"model.ema_floor ({ema_floor}) is above model.ema_decay ({ema_decay}), which caps the decay: "
+                f"lower model.ema_floor, or set it to 0 for none."
+            )
         if lr_decay is not None and not 0.0 < lr_decay <= 1.0:
             raise ConfigError(f"model.lr_decay must be in (0, 1] or null, got {lr_decay}.")
         if r1_gamma is not None and not r1_gamma > 0:
@@ -197,7 +211,7 @@ class CGAN(pl.LightningModule):
 
         self.generator, self.discriminator = generator, discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay is not None else None
-        self.ema_decay, self.ema_warmup, self.ema_power = ema_decay, ema_warmup, ema_power
+        self.ema_decay, self.ema_warmup, self.ema_power, self.ema_floor = ema_decay, ema_warmup, ema_power, ema_floor
         self.lr_decay, self.seed = lr_decay, seed
         self.r1_gamma, self.r1_every, self.mismatch, self.aux_weight = r1_gamma, r1_every, mismatch, aux_weight
         self.mode_seeking = mode_seeking
@@ -400,7 +414,7 @@ class CGAN(pl.LightningModule):
         decay = self.ema_decay
         if self.ema_warmup:
             batches = self.global_step // 2  # two optimizer steps per batch, this one's included
-            decay = min(decay, (1 + batches) / (batches + self.ema_power + 2))
+            decay = min(decay, max(self.ema_floor, (1 + batches) / (batches + self.ema_power + 2)))
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
         self._ema_stats_stale = True
 

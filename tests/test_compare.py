@@ -44,7 +44,7 @@ def two_runs(tmp_path_factory):
     data = make_mnist(root / "data")
     trainers = [
         run([f"--data.data_dir={data}", f"--trainer.default_root_dir={root}", *FAST, *extra])
-        for extra in ([], TINY_DCGAN)
+        for extra in (["--model.ema_floor=0.9"], TINY_DCGAN)  # a floor without an EMA does nothing: shown as 0
     ]
     return root, data, trainers
 
@@ -99,6 +99,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "batch_size",
         "ema_decay",
         "ema_power",
+        "ema_floor",
         "lr_decay",
         "r1_gamma",
         "r1_every",
@@ -120,6 +121,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
         "batch_size": 20,
         "ema_decay": 0,
         "ema_power": 0,
+        "ema_floor": 0,
         "lr_decay": 0,
         "r1_gamma": 0,
         "r1_every": 0,
@@ -138,7 +140,7 @@ def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_me
     )
     assert (dcgan["g_lr"], dcgan["d_lr"], dcgan["ema_decay"], dcgan["lr_decay"]) == (0.0008, 0.0008, 0.998, 0.3)
     assert (dcgan["r1_gamma"], dcgan["mismatch"], dcgan["aux_weight"], dcgan["twin"]) == (10.0, 0, 0.5, True)
-    assert (dcgan["r1_every"], dcgan["mode_seeking"], dcgan["ema_power"]) == (8, 0.1, 16.0)
+    assert (dcgan["r1_every"], dcgan["mode_seeking"], dcgan["ema_power"], dcgan["ema_floor"]) == (8, 0.1, 16.0, 0.993)
     for name, trainer in zip(("version_0", "version_1"), trainers):
         shown = {m["name"]["tag"]: m["value"] for m in rows[name]["metricValues"]}
         logged = {tag: trainer.callback_metrics[tag].item() for tag in tags}

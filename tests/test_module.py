@@ -41,22 +41,28 @@ def make(ema_decay=None, g=None, d=None) -> CGAN:
 
 
 @pytest.mark.parametrize(
-    ("warmup", "power", "batches", "decay"),
+    ("warmup", "power", "floor", "batches", "decay"),
     [
-        (False, 8.0, 1, 0.999),
-        (True, 8.0, 1, 2 / 11),
-        (True, 8.0, 990, 0.991),
-        (True, 8.0, 20000, 0.999),
-        (True, 16.0, 1, 2 / 19),
-        (True, 16.0, 990, 991 / 1008),
-        (True, 16.0, 20000, 0.999),
-        (False, 16.0, 1, 0.999),
+        (False, 8.0, 0.0, 1, 0.999),
+        (True, 8.0, 0.0, 1, 2 / 11),
+        (True, 8.0, 0.0, 990, 0.991),
+        (True, 8.0, 0.0, 20000, 0.999),
+        (True, 16.0, 0.0, 1, 2 / 19),
+        (True, 16.0, 0.0, 990, 991 / 1008),
+        (True, 16.0, 0.0, 20000, 0.999),
+        (False, 16.0, 0.0, 1, 0.999),
+        (True, 16.0, 0.993, 1, 0.993),  # the floor holds the decay up early on
+        (True, 16.0, 0.993, 2410, 0.993),  # until the power's decay passes it, after batch 2,410
+        (True, 16.0, 0.993, 2411, 2412 / 2429),
+        (True, 16.0, 0.993, 20000, 0.999),
+        (False, 16.0, 0.993, 1, 0.999),
     ],
 )
-def test_ema_moves_toward_g_by_the_configured_decay_or_its_warm_up(warmup, power, batches, decay, monkeypatch):
+def test_ema_moves_toward_g_by_the_configured_decay_or_its_warm_up(warmup, power, floor, batches, decay, monkeypatch):
     torch.manual_seed(0)
     adam = partial(torch.optim.Adam, lr=1e-3)
-    module = CGAN(Generator(), Discriminator(), adam, adam, ema_decay=0.999, ema_warmup=warmup, ema_power=power)
+    ema = {"ema_decay": 0.999, "ema_warmup": warmup, "ema_power": power, "ema_floor": floor}
+    module = CGAN(Generator(), Discriminator(), adam, adam, **ema)
     monkeypatch.setattr(CGAN, "global_step", property(lambda self: 2 * batches))  # two optimizer steps a batch
     before = [p.clone() for p in module.generator_ema.parameters()]
     with torch.no_grad():
@@ -203,6 +209,13 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_the_real_digits_eve
         ({"ema_power": 0.0}, "model.ema_power must be positive and finite, got 0.0"),
         ({"ema_power": -1.0}, "model.ema_power must be positive and finite, got -1.0"),
         ({"ema_power": float("inf")}, "model.ema_power must be positive and finite, got inf"),
+        ({"ema_floor": -0.1}, r"model.ema_floor must be in \[0, 1\), got -0.1"),
+        ({"ema_floor": 1.0}, r"model.ema_floor must be in \[0, 1\), got 1.0"),
+        (
+            {"ema_decay": 0.99, "ema_floor": 0.995},
+            r"model.ema_floor \(0.995\) is above model.ema_decay \(0.99\), which caps the decay: "
+            r"lower model.ema_floor, or set it to 0 for none.",
+        ),
     ],
 )
 def test_loss_term_settings_out_of_range_are_refused(kwargs, text):
