@@ -138,18 +138,21 @@ def cgan_run(data_dir: str, epochs: int, device: torch.device) -> dict:
     from cgan.cli import run
 
     sys.argv[1:] = []  # the arguments below are the whole command line of this run
+    args = [
+        f"--max_epochs={epochs}",
+        f"--data.data_dir={os.path.abspath(data_dir)}",  # before the scratch folder becomes the cwd
+        "--trainer.enable_model_summary=false",
+        # named, not "auto": on a machine with a GPU, (c) runs where (b) runs
+        f"--trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        "--trainer.devices=1",
+    ]
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        trainer = run(
-            [
-                f"--max_epochs={epochs}",
-                f"--data.data_dir={os.path.abspath(data_dir)}",
-                "--trainer.enable_model_summary=false",
-                # named, not "auto": on a machine with a GPU, (c) runs where (b) runs
-                f"--trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
-                "--trainer.devices=1",
-            ]
-        )
+        try:
+            trainer = run(args)
+        finally:
+            os.chdir(cwd)
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, EpochTimer))
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, DigitMetrics))
     # The evaluation runs every n epochs (and after the last): it is reported on its own line,

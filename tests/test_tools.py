@@ -199,8 +199,9 @@ def bench(path: Path):
 
 
 @pytest.mark.slow
-def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist, capsys):
-    bench(BENCH).main(["--data_dir", str(tiny_mnist), "--epochs", "2"])
+def test_speed_benchmark_prints_every_variant_and_the_ratios(tiny_mnist, capsys, monkeypatch):
+    monkeypatch.chdir(tiny_mnist.parent)  # a relative --data_dir: (c) trains in a scratch folder of its own
+    bench(BENCH).main(["--data_dir", tiny_mnist.name, "--epochs", "2"])
     out = capsys.readouterr().out
     for label in ("(a) seed loop", "(b) bare in-memory loop (floor)", "(c) cgan, default config"):
         row = next(line for line in out.splitlines() if line.startswith(label))
