@@ -113,7 +113,9 @@ class CGAN(pl.LightningModule):
             fewer than about ``1 / (1 - ema_floor)`` batches: a short run's power-function average
             would otherwise keep the noise of its last few. The power's decay passes the floor
             after ``(ema_floor * (ema_power + 2) - 1) / (1 - ema_floor)`` batches (2,410 for 16 and
-            0.993); in a run much longer than that, the floor has all but no effect.
+            0.993); in a run much longer than that, the floor has all but no effect. The random start
+            keeps ``ema_floor ** n`` of the average after batch ``n`` (0.993: 0.12 after 300), and a
+            floor at or above ``ema_decay`` leaves a plain EMA of decay ``ema_decay``.
         lr_decay: if set, both learning rates fall linearly to zero, batch by batch, over the
             last ``lr_decay`` of the run (1.0: the whole run). The run's length is that of
             ``run_fraction``: a run stopped on the clock (``max_time``) ends its decay on time.
@@ -175,11 +177,6 @@ class CGAN(pl.LightningModule):
             raise ConfigError(f"model.ema_power must be positive and finite, got {ema_power}.")
         if not 0.0 <= ema_floor < 1.0:
             raise ConfigError(f"model.ema_floor must be in [0, 1), got {ema_floor}.")
-        if ema_decay is not None and ema_floor > ema_decay:
-            raise ConfigError(
-                f"model.ema_floor ({ema_floor}) is above model.ema_decay ({ema_decay}), which caps the decay: "
-                f"lower model.ema_floor, or set it to 0 for none."
-            )
         if lr_decay is not None and not 0.0 < lr_decay <= 1.0:
             raise ConfigError(f"model.lr_decay must be in (0, 1] or null, got {lr_decay}.")
         if r1_gamma is not None and not r1_gamma > 0:

@@ -13,7 +13,7 @@ import yaml
 
 # Training flags for a machine with a GPU, which the default accelerator ("auto") picks: tests that
 # compare two runs tensor for tensor need deterministic kernels there. On a CPU, none.
-ON_GPU = ["--trainer.deterministic=true"] if torch.cuda.is_available() else []
+GPU_FLAGS = ["--trainer.deterministic=true"] if torch.cuda.is_available() else []
 
 
 class Recorder(pl.Callback):

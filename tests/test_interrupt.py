@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ON_GPU, callbacks_config
+from helpers import GPU_FLAGS, callbacks_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cgan.checkpoint import AtomicCheckpointIO
@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 def args_for(data_dir: Path, variant: str, *extra: str) -> list[str]:
-    return [*VARIANTS[variant], f"--data.data_dir={data_dir}", *FAST, *ON_GPU, f"--max_epochs={EPOCHS}", *extra]
+    return [*VARIANTS[variant], f"--data.data_dir={data_dir}", *FAST, *GPU_FLAGS, f"--max_epochs={EPOCHS}", *extra]
 
 
 def run_record(run_dir: Path) -> dict:
