@@ -157,6 +157,7 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
     """The key settings of a run, by the names ``HparamsTable`` shows them under."""
     opt_g, opt_d = trainer.optimizers  # the module returns G's optimizer first
     data = trainer.datamodule.hparams
+    warmup = bool(pl_module.ema_decay and pl_module.ema_warmup)  # the EMA's power and floor act only then
     return {
         "generator": type(pl_module.generator).__name__,
         "discriminator": type(pl_module.discriminator).__name__,
@@ -165,8 +166,8 @@ def settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, st
         "d_lr": _initial_lr(opt_d),
         "batch_size": data.batch_size,
         "ema_decay": pl_module.ema_decay or 0.0,
-        "ema_power": pl_module.ema_power if pl_module.ema_decay and pl_module.ema_warmup else 0.0,
-        "ema_floor": pl_module.ema_floor if pl_module.ema_decay and pl_module.ema_warmup else 0.0,
+        "ema_power": pl_module.ema_power if warmup else 0.0,
+        "ema_floor": pl_module.ema_floor if warmup else 0.0,
         "lr_decay": pl_module.lr_decay or 0.0,
         "r1_gamma": pl_module.r1_gamma or 0.0,
         "r1_every": pl_module.r1_every if pl_module.r1_gamma is not None else 0,

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from cgan import evaluate
-from cgan.callbacks import SampleGrid
+from cgan.callbacks import SampleGrid, settings
 from cgan.cli import run
 from cgan.metrics import DigitQuality
 from cgan.models import Discriminator, Generator
@@ -44,7 +44,8 @@ def two_runs(tmp_path_factory):
     data = make_mnist(root / "data")
     trainers = [
         run([f"--data.data_dir={data}", f"--trainer.default_root_dir={root}", *FAST, *extra])
-        for extra in (["--model.ema_floor=0.9"], TINY_DCGAN)  # a floor without an EMA does nothing: shown as 0
+        # a warm-up and a floor without an EMA do nothing: shown as 0
+        for extra in (["--model.ema_warmup=true", "--model.ema_floor=0.9"], TINY_DCGAN)
     ]
     return root, data, trainers
 
@@ -83,6 +84,18 @@ def hparams_over_http(logdir: Path, runs: int) -> tuple[dict, dict]:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("decay", "warmup", "shown"), [(0.99, True, (16.0, 0.9)), (0.99, False, (0, 0))])
+def test_the_emas_power_and_floor_are_shown_only_where_its_warm_up_runs(decay, warmup, shown):
+    adam = torch.optim.Adam
+    module = CGAN(
+        Generator(), Discriminator(), adam, adam, ema_decay=decay, ema_warmup=warmup, ema_power=16, ema_floor=0.9
+    )
+    optimizers = [adam(module.generator.parameters()), adam(module.discriminator.parameters())]
+    data = SimpleNamespace(hparams=SimpleNamespace(batch_size=20, dataset="MNIST"))
+    row = settings(SimpleNamespace(optimizers=optimizers, datamodule=data, max_epochs=1), module)
+    assert (row["ema_decay"], row["ema_power"], row["ema_floor"]) == (decay, *shown)
 
 
 def test_two_runs_are_rows_of_tensorboards_hparams_view_with_settings_and_val_metrics(two_runs):
