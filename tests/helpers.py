@@ -14,6 +14,8 @@ import yaml
 # Training flags for a machine with a GPU, which the default accelerator ("auto") picks: tests that
 # compare two runs tensor for tensor need deterministic kernels there. On a CPU, none.
 GPU_FLAGS = ["--trainer.deterministic=true"] if torch.cuda.is_available() else []
+# Flags for a short run on the tiny MNIST, with GPU_FLAGS.
+FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", *GPU_FLAGS]
 
 
 class Recorder(pl.Callback):

@@ -11,16 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
-from helpers import GPU_FLAGS, callbacks_config
+from helpers import callbacks_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cgan.checkpoint import AtomicCheckpointIO
 from cgan.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false"]
+FAST = [*helpers.FAST, "--trainer.enable_progress_bar=false"]
 EPOCHS = 3
 VARIANTS = {
     "seed": [],
@@ -31,7 +32,7 @@ VARIANTS = {
 
 
 def args_for(data_dir: Path, variant: str, *extra: str) -> list[str]:
-    return [*VARIANTS[variant], f"--data.data_dir={data_dir}", *FAST, *GPU_FLAGS, f"--max_epochs={EPOCHS}", *extra]
+    return [*VARIANTS[variant], f"--data.data_dir={data_dir}", *FAST, f"--max_epochs={EPOCHS}", *extra]
 
 
 def run_record(run_dir: Path) -> dict:

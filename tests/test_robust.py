@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GPU_FLAGS
+from helpers import FAST
 
 from cgan.checkpoint import ABSENT, changed_settings, show
 from cgan.cli import main, resume_warning, run
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", *GPU_FLAGS]
 BATCHES = 10
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GPU_FLAGS, callbacks_config, recorder
+from helpers import FAST, callbacks_config, recorder
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,7 +19,6 @@ from cgan.losses import LOSSES
 from cgan.models import Discriminator
 from cgan.module import CGAN
 
-FAST = ["--data.batch_size=20", "--trainer.enable_model_summary=false", *GPU_FLAGS]
 BATCHES = 10  # 200 fixture images / 20
 DCGAN = str(Path(__file__).resolve().parent.parent / "configs" / "dcgan.yaml")
 # plain SGD for both networks (Adam's first step is lr * sign(gradient)): one step's size is known
